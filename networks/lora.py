@@ -1,0 +1,70 @@
+"""LoRA / LoCon.
+
+Linear:        lora_down (r, in),  lora_up (out, r);          ΔW = up @ down
+Conv k×k:      lora_down (r, in, kh, kw) with the base conv's stride/padding/dilation, lora_up (out, r, 1, 1)
+Conv Tucker:   lora_down (r, in, 1, 1), lora_mid (r, r, kh, kw), lora_up (out, r, 1, 1);
+               ΔW[o, i] = Σ_a Σ_b up[o, a] · mid[a, b] · down[b, i]
+Init: down and mid kaiming-uniform (a=√5), up zeros, so ΔW starts at 0.
+The bypass path never builds ΔW: x → down (→ mid) → up.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import AdapterModule, Tensor
+
+
+class LoRAModule(AdapterModule):
+    algo = "lora"
+
+    def __init__(self, base: nn.Module, rank: int = 4, alpha: float | None = None, *, tucker: bool = False, **kw):
+        super().__init__(base, rank, alpha, **kw)
+        out_dim, in_dim, *k = self.shape
+        if self.kind == "linear":
+            self.lora_down = nn.Linear(in_dim, rank, bias=False)
+            self.lora_up = nn.Linear(rank, out_dim, bias=False)
+            self.lora_mid = None
+        else:
+            ck = self.conv_kwargs
+            if tucker and any(s != 1 for s in k):
+                self.lora_down = nn.Conv2d(in_dim, rank, 1, bias=False)
+                self.lora_mid = nn.Conv2d(rank, rank, tuple(k), bias=False, **ck)
+            else:
+                self.lora_down = nn.Conv2d(in_dim, rank, tuple(k), bias=False, **ck)
+                self.lora_mid = None
+            self.lora_up = nn.Conv2d(rank, out_dim, 1, bias=False)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        if self.lora_mid is not None:
+            nn.init.kaiming_uniform_(self.lora_mid.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+
+    @property
+    def tucker(self) -> bool:
+        return self.lora_mid is not None
+
+    def delta(self) -> Tensor:
+        up = self.lora_up.weight.flatten(1)  # (out, r)
+        down = self.lora_down.weight
+        if self.kind == "linear":
+            return up @ down
+        if self.lora_mid is None:
+            return (up @ down.flatten(1)).reshape(self.shape)
+        # Tucker: einsum over the two rank axes; mid carries the spatial kernel.
+        return torch.einsum("oa,abhw,bi->oihw", up, self.lora_mid.weight, down.flatten(1))
+
+    def delta_forward(self, x: Tensor) -> Tensor:
+        h = self.lora_down(x)
+        if self.lora_mid is not None:
+            h = self.lora_mid(h)
+        if self.training and self.dropout:
+            h = F.dropout(h, self.dropout)
+        scale = self.scale
+        if self.training and self.rank_dropout:
+            keep = (torch.rand(self.rank, device=h.device) > self.rank_dropout).to(h.dtype)
+            h = h * (keep if self.kind == "linear" else keep.view(1, -1, 1, 1))
+            scale = scale / (1.0 - self.rank_dropout)
+        return self.lora_up(h) * scale

@@ -1,0 +1,1 @@
+"""The DreamBooth-style trainer: config, data, caches, loop, checkpoints, samples."""
