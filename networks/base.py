@@ -118,7 +118,49 @@ class AdapterModule(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.scale = float(self.alpha) / self.rank
+        self.scale = self._scale_for(float(self.alpha))
+
+    # ------------------------------------------------------------ from a file
+    @classmethod
+    def from_tensors(cls, base: nn.Module, tensors: dict[str, Tensor]) -> "AdapterModule":
+        """An adapter on ``base`` holding ``tensors`` (file suffix -> tensor, e.g. ``lora_up.weight``).
+
+        Rank, Tucker form and other options are read from the tensors' shapes; ``alpha`` missing or 0
+        means alpha = rank. Raises ValueError naming the tensor when a shape does not fit ``base``.
+        """
+        rank, options = cls.options_from_tensors(tensors, tuple(base.weight.shape))
+        module = cls(base, rank, None, dora="dora_scale" in tensors, train_bias="diff_b" in tensors, **options)
+        module.load_tensors(tensors)
+        return module
+
+    @classmethod
+    def options_from_tensors(cls, tensors: dict[str, Tensor], shape: tuple[int, ...]) -> tuple[int, dict]:
+        """(rank, constructor options) for a module holding ``tensors`` on a weight of ``shape``."""
+        return 1, {}
+
+    @torch.no_grad()
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Copy file tensors into this module's parameters (shapes checked; alpha sets γ)."""
+        own = dict(self.named_parameters())
+        for name, value in tensors.items():
+            if name == "alpha":
+                continue
+            if name == "dora_scale" and self.dora_scale is not None and value.shape != self.dora_scale.shape:
+                self.dora_scale = nn.Parameter(value.detach().float().clone())  # column-norm variant
+                continue
+            if name not in own:
+                raise ValueError(f"unexpected tensor {name!r} for a {self.algo} module")
+            if tuple(own[name].shape) != tuple(value.shape):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)} "
+                                 f"for a layer of weight shape {self.shape}")
+            own[name].copy_(value.to(own[name].dtype))
+        alpha = tensors.get("alpha")
+        alpha = float(alpha) if alpha is not None and float(alpha) != 0 else float(self.rank)
+        self.alpha.fill_(alpha)
+        self.scale = self._scale_for(alpha)
+
+    def _scale_for(self, alpha: float) -> float:
+        return alpha / self.rank
 
     # --------------------------------------------------------------------- math
     def delta(self) -> Tensor:

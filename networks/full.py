@@ -26,6 +26,10 @@ class FullModule(AdapterModule):
         # weight=False: a bias-only delta (``bias = "all"`` on layers without another adapter)
         self.diff = nn.Parameter(torch.zeros(self.shape)) if weight else None
 
+    @classmethod
+    def options_from_tensors(cls, tensors, shape):
+        return 1, {"weight": "diff" in tensors}
+
     def delta(self) -> Tensor:
         if self.diff is None:
             return torch.zeros(self.shape, device=self.base.weight.device)
@@ -50,6 +54,12 @@ class NormModule(AdapterModule):
         self.w_norm = nn.Parameter(torch.zeros(self.shape))
         self.b_norm = nn.Parameter(torch.zeros(self.shape)) if (train_bias and base.bias is not None) else None
         self.diff_b = None
+
+    @classmethod
+    def from_tensors(cls, base, tensors):
+        module = cls(base, train_bias="b_norm" in tensors)
+        module.load_tensors(tensors)
+        return module
 
     def delta(self) -> Tensor:
         return self.w_norm

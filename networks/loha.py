@@ -46,6 +46,10 @@ class LoHaModule(AdapterModule):
         nn.init.normal_(self.hada_w1_a, std=0.1)
         nn.init.zeros_(self.hada_w2_a)
 
+    @classmethod
+    def options_from_tensors(cls, tensors, shape):
+        return tensors["hada_w1_b"].shape[0], {"tucker": "hada_t1" in tensors}
+
     def delta(self) -> Tensor:
         if self.tucker:
             f1 = rebuild_tucker(self.hada_t1, self.hada_w1_a, self.hada_w1_b)

@@ -58,18 +58,26 @@ class LoKrModule(AdapterModule):
         decompose_both: bool = False,
         full_matrix: bool = False,
         tucker: bool = False,
+        layout: dict | None = None,
         **kw,
     ):
         out_dim, in_dim, *k = tuple(base.weight.shape)
-        in_m, in_n = factorization(in_dim, factor)
-        out_l, out_k = factorization(out_dim, factor)
-        use_w1 = not (decompose_both and rank < max(out_l, in_m) / 2 and not full_matrix)
-        use_w2 = full_matrix or rank >= max(out_k, in_n) / 2
-        if use_w1 and use_w2:
-            alpha = rank  # neither half is low-rank: γ = 1
+        if layout is None:  # choose the split; from_tensors passes the one a file holds instead
+            in_m, in_n = factorization(in_dim, factor)
+            out_l, out_k = factorization(out_dim, factor)
+            use_w2 = full_matrix or rank >= max(out_k, in_n) / 2
+            layout = dict(
+                out_l=out_l, out_k=out_k, in_m=in_m, in_n=in_n,
+                use_w1=not (decompose_both and rank < max(out_l, in_m) / 2 and not full_matrix),
+                use_w2=use_w2, tucker=bool(tucker and k and any(s != 1 for s in k) and not use_w2),
+            )
+        out_l, out_k, in_m, in_n = layout["out_l"], layout["out_k"], layout["in_m"], layout["in_n"]
+        if out_l * out_k != out_dim or in_m * in_n != in_dim:
+            raise ValueError(f"LoKr factors ({out_l}x{out_k}, {in_m}x{in_n}) do not fit a weight of shape "
+                             f"{tuple(base.weight.shape)}")
         super().__init__(base, rank, alpha, **kw)
-        self.tucker = bool(tucker and k and any(s != 1 for s in k) and not use_w2)
-        if use_w1:
+        self.tucker = layout["tucker"]
+        if layout["use_w1"]:
             self.lokr_w1 = nn.Parameter(torch.empty(out_l, in_m))
             kaiming(self.lokr_w1)
         else:
@@ -77,7 +85,7 @@ class LoKrModule(AdapterModule):
             self.lokr_w1_b = nn.Parameter(torch.empty(rank, in_m))
             kaiming(self.lokr_w1_a)
             kaiming(self.lokr_w1_b)
-        if use_w2:
+        if layout["use_w2"]:
             self.lokr_w2 = nn.Parameter(torch.zeros(out_k, in_n, *k))
         elif self.tucker:
             self.lokr_t2 = nn.Parameter(torch.empty(rank, rank, *k))
@@ -89,6 +97,35 @@ class LoKrModule(AdapterModule):
             self.lokr_w2_a = nn.Parameter(torch.empty(out_k, rank))
             self.lokr_w2_b = nn.Parameter(torch.zeros(rank, in_n * math.prod(k)))
             kaiming(self.lokr_w2_a)
+        if self.full_rank:
+            self.alpha.fill_(float(self.rank))
+            self.scale = 1.0
+
+    @property
+    def full_rank(self) -> bool:
+        """Neither half is low-rank: γ = 1 whatever alpha says."""
+        return hasattr(self, "lokr_w1") and hasattr(self, "lokr_w2")
+
+    def _scale_for(self, alpha: float) -> float:
+        return 1.0 if self.full_rank else alpha / self.rank
+
+    @classmethod
+    def options_from_tensors(cls, tensors, shape):
+        out_dim, in_dim, *k = shape
+        if "lokr_w1" in tensors:
+            out_l, in_m = tensors["lokr_w1"].shape[:2]
+        else:
+            out_l, in_m = tensors["lokr_w1_a"].shape[0], tensors["lokr_w1_b"].shape[1]
+        tucker = "lokr_t2" in tensors
+        if "lokr_w1_b" in tensors:
+            rank = tensors["lokr_w1_b"].shape[0]
+        elif "lokr_w2_b" in tensors:
+            rank = tensors["lokr_w2_b"].shape[0]
+        else:
+            rank = 1
+        layout = dict(out_l=int(out_l), out_k=out_dim // int(out_l), in_m=int(in_m), in_n=in_dim // int(in_m),
+                      use_w1="lokr_w1" in tensors, use_w2="lokr_w2" in tensors, tucker=tucker)
+        return rank, {"layout": layout}
 
     def _w1(self) -> Tensor:
         w1 = getattr(self, "lokr_w1", None)

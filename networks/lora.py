@@ -42,6 +42,10 @@ class LoRAModule(AdapterModule):
             nn.init.kaiming_uniform_(self.lora_mid.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
 
+    @classmethod
+    def options_from_tensors(cls, tensors, shape):
+        return tensors["lora_down.weight"].shape[0], {"tucker": "lora_mid.weight" in tensors}
+
     @property
     def tucker(self) -> bool:
         return self.lora_mid is not None
