@@ -7,8 +7,8 @@ import sys
 from . import __version__
 from .errors import SdloraError
 
-# Each subcommand module exposes `register(subparsers)`; the parser it adds carries `func=run(args)`.
-_SUBCOMMANDS: list[str] = []
+# Each module of sdlora/commands exposes `register(subparsers)`; the parser it adds sets `func`.
+# Modules are found by name, so a new command needs no edit here.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,9 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdlora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import importlib
+    import pkgutil
 
-    for name in _SUBCOMMANDS:
-        importlib.import_module(f"sdlora.commands.{name}").register(sub)
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        importlib.import_module(f"sdlora.commands.{info.name}").register(sub)
     return parser
 
 
