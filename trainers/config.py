@@ -1,0 +1,497 @@
+"""The training configuration: typed sections read from TOML, validated at load.
+
+``load_config(path, overrides)`` reads a TOML file, applies ``section.key=value`` overrides, and checks
+every key against the dataclasses below: an unknown key, a value of the wrong type or out of range raises
+a ``ConfigError`` naming the key, the value and what is allowed. Relative paths are resolved against the
+config file's folder. ``to_dict`` / ``dump_toml`` give the resolved config back (saved beside the outputs
+and in the adapter's metadata).
+
+Sections: [model] [network] [dataset] (+ [[dataset.subsets]]) [training] [optimizer] [noise] [sample] [output].
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlora.errors import ConfigError
+
+
+def _opt(default: Any = None, *, choices: tuple | None = None, min: float | None = None,
+         max: float | None = None, factory=None, doc: str = "") -> Any:
+    """A config field with its allowed values, kept in the dataclass field metadata."""
+    meta = {"choices": choices, "min": min, "max": max, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------------ sections
+@dataclass
+class ModelSection:
+    path: str = _opt("", doc="diffusers model folder or single checkpoint file")
+    prediction_type: str = _opt("", choices=("", "epsilon", "v_prediction"), doc="empty: from the model")
+    clip_skip: int = _opt(1, min=1, max=12)
+    attention: str = _opt("sdpa", choices=("sdpa", "xformers"))
+    vae_dtype: str = _opt("fp32", choices=("fp32", "fp16", "bf16"))
+
+
+@dataclass
+class NetworkSection:
+    algo: str = _opt("lora", choices=("lora", "locon", "loha", "lokr"))
+    rank: int = _opt(8, min=1, max=4096)
+    alpha: float | None = _opt(None, min=0, doc="empty: alpha = rank")
+    conv_rank: int | None = _opt(None, min=0, max=4096, doc="rank of k×k convs; 0 skips them; empty: rank")
+    conv_alpha: float | None = _opt(None, min=0)
+    preset: str = _opt("", choices=("", "attn", "attn-mlp", "full", "all"),
+                       doc="empty: attn-mlp for lora, full for locon/loha/lokr")
+    dora: bool = _opt(False)
+    tucker: bool = _opt(False)
+    factor: int = _opt(-1, min=-1)
+    decompose_both: bool = _opt(False)
+    rs_lora: bool = _opt(False)
+    dropout: float = _opt(0.0, min=0, max=0.99)
+    rank_dropout: float = _opt(0.0, min=0, max=0.99)
+    module_dropout: float = _opt(0.0, min=0, max=0.99)
+    include: list[str] = _opt(factory=list, doc="regexes over 'component.module.path' added to the preset")
+    exclude: list[str] = _opt(factory=list)
+
+
+_CROPS = ("center", "random")
+_ALPHA = ("background", "mask")
+
+
+@dataclass
+class SubsetSection:
+    """One image folder with its own settings; empty values inherit the [dataset] ones."""
+
+    path: str = _opt("")
+    is_reg: bool = _opt(False, doc="regularisation (class) images for prior preservation")
+    repeats: int | None = _opt(None, min=1, max=10000)
+    trigger: str | None = _opt(None)
+    class_token: str | None = _opt(None)
+    caption_extension: str | None = _opt(None)
+    fallback_caption: str | None = _opt(None)
+    loss_weight: float | None = _opt(None, min=0)
+    flip: bool | None = _opt(None)
+    crop: str | None = _opt(None, choices=(None,) + _CROPS)
+    alpha_mode: str | None = _opt(None, choices=(None,) + _ALPHA)
+    shuffle_captions: bool | None = _opt(None)
+    keep_tokens: int | None = _opt(None, min=0)
+    caption_dropout: float | None = _opt(None, min=0, max=1)
+    tag_dropout: float | None = _opt(None, min=0, max=1)
+
+
+@dataclass
+class DatasetSection:
+    path: str = _opt("", doc="image folder; kohya N_name sub-folders become subsets with N repeats")
+    trigger: str = _opt("", doc="instance token put first in every training caption")
+    class_token: str = _opt("", doc="class word: caption of caption-less images and of regularisation images")
+    caption_extension: str = _opt(".txt")
+    fallback_caption: str = _opt("", doc="caption of images with no caption file (after trigger/class)")
+    resolution: int | list[int] = _opt(512, min=8, max=8192, doc="side, or [width, height]")
+    repeats: int = _opt(1, min=1, max=10000)
+    reg_path: str = _opt("", doc="regularisation (class) image folder")
+    reg_repeats: int = _opt(1, min=1, max=10000)
+    prior_loss_weight: float = _opt(1.0, min=0)
+    min_image_side: int = _opt(64, min=1, doc="images whose shorter side is below this are skipped")
+    alpha_mode: str = _opt("background", choices=_ALPHA, doc="RGBA: composite on background, or use as loss mask")
+    background: str = _opt("white", doc="a colour name or #rrggbb for compositing transparent images")
+    buckets: bool = _opt(True, doc="aspect-ratio bucketing")
+    bucket_min_side: int = _opt(256, min=8)
+    bucket_max_side: int = _opt(1024, min=8)
+    bucket_step: int = _opt(64, min=8, doc="bucket sides are multiples of this (a multiple of 8)")
+    bucket_no_upscale: bool = _opt(False)
+    crop: str = _opt("center", choices=_CROPS)
+    flip: bool = _opt(False)
+    shuffle_captions: bool = _opt(False)
+    keep_tokens: int = _opt(0, min=0, doc="tags kept in place at the front when shuffling")
+    caption_separator: str = _opt(",")
+    caption_dropout: float = _opt(0.0, min=0, max=1, doc="probability that a caption is replaced by ''")
+    tag_dropout: float = _opt(0.0, min=0, max=1, doc="probability that each tag is dropped")
+    subsets: list[SubsetSection] = _opt(factory=list)
+
+
+@dataclass
+class TrainingSection:
+    max_steps: int = _opt(1000, min=1)
+    max_epochs: int = _opt(0, min=0, doc="0: no epoch limit")
+    batch_size: int = _opt(1, min=1, doc="per device")
+    gradient_accumulation: int = _opt(1, min=1)
+    learning_rate: float = _opt(1e-4, min=0)
+    unet_lr: float | None = _opt(None, min=0, doc="empty: learning_rate")
+    te1_lr: float | None = _opt(None, min=0, doc="empty: learning_rate")
+    te2_lr: float | None = _opt(None, min=0, doc="empty: te1_lr")
+    train_text_encoder: bool = _opt(False)
+    te_stop_step: int = _opt(0, min=0, doc="text encoders stop learning after this step; 0: never")
+    seed: int = _opt(42, min=0, max=2**63 - 1)
+    mixed_precision: str = _opt("no", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _opt(False)
+    cache_latents: bool = _opt(True)
+    cache_text_outputs: bool = _opt(True)
+    cache_to_disk: bool = _opt(False)
+    cache_dir: str = _opt("", doc="empty: <output.dir>/cache")
+    save_every_steps: int = _opt(0, min=0)
+    save_every_epochs: int = _opt(0, min=0)
+    keep_last: int = _opt(3, min=1, doc="periodic adapters and states kept")
+    max_grad_norm: float = _opt(1.0, min=0, doc="0: no clipping")
+    max_bad_steps: int = _opt(5, min=1, doc="consecutive non-finite steps before training stops")
+    min_timestep: int = _opt(0, min=0, max=999)
+    max_timestep: int = _opt(1000, min=1, max=1000)
+
+
+@dataclass
+class OptimizerSection:
+    name: str = _opt("adamw", choices=("adamw", "adamw8bit", "lion", "adafactor", "prodigy"))
+    weight_decay: float = _opt(0.01, min=0)
+    betas: list[float] = _opt(factory=lambda: [0.9, 0.999])
+    eps: float = _opt(1e-8, min=0)
+    scheduler: str = _opt("constant", choices=("constant", "cosine", "linear", "cosine_with_restarts"))
+    warmup_steps: int = _opt(0, min=0)
+    cycles: int = _opt(1, min=1, doc="restarts of cosine_with_restarts")
+
+
+@dataclass
+class NoiseSection:
+    """Noise and loss."""
+
+    offset: float = _opt(0.0, min=0, max=1)
+    multires_iterations: int = _opt(0, min=0, max=10)
+    multires_discount: float = _opt(0.3, min=0, max=1)
+    min_snr_gamma: float = _opt(0.0, min=0, doc="0: off")
+    loss: str = _opt("l2", choices=("l2", "l1", "huber"))
+    huber_c: float = _opt(0.1, min=0)
+
+
+@dataclass
+class SampleSection:
+    prompts: str = _opt("", doc="prompt file (kohya syntax: prompt --n neg --w --h --d seed --l cfg --s steps)")
+    every_steps: int = _opt(0, min=0)
+    every_epochs: int = _opt(0, min=0)
+    at_start: bool = _opt(False)
+    steps: int = _opt(20, min=1, max=1000)
+    cfg_scale: float = _opt(7.0, min=0)
+    width: int = _opt(0, min=0, doc="0: the training resolution")
+    height: int = _opt(0, min=0)
+    seed: int = _opt(0, min=0)
+    negative: str = _opt("")
+
+
+@dataclass
+class OutputSection:
+    dir: str = _opt("output")
+    name: str = _opt("adapter")
+    save_dtype: str = _opt("fp16", choices=("fp16", "bf16", "fp32"))
+    tensorboard: bool = _opt(True)
+    comment: str = _opt("")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    noise: NoiseSection = field(default_factory=NoiseSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """(width, height) of the training resolution."""
+        r = self.dataset.resolution
+        return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.output_dir / f"{self.output.name}.safetensors"
+
+
+# --------------------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "empty"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list, dict)) else repr(value)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp``; raises ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be a table")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join(_fmt(c) for c in choices if c is not None)
+        raise ConfigError(f"{key} = {_fmt(value)} is not allowed: use one of {shown}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and v < lo:
+            raise ConfigError(f"{key} = {_fmt(value)} is out of range: it must be at least {lo:g}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{key} = {_fmt(value)} is out of range: it must be at most {hi:g}")
+
+
+def _build(cls: type, raw: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{where}.{key} is not a config key (the keys of [{where}] are: "
+                              f"{', '.join(fields)}){hint}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{where}.{name}"
+        value = _convert(raw[name], hints[name], key)
+        _check_range(value, dict(f.metadata), key)
+        values[name] = value
+    return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: write section.key=value, e.g. --set training.max_steps=200")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(raw: dict, parts: list[str], value: Any) -> None:
+    """Set ``value`` at the dotted path ``parts`` of the raw TOML dict (list items by index)."""
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i])} has {len(node)} entries; "
+                                  f"{part!r} is not one of their indices")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is a value, not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {'.'.join(parts)}: no entry {last!r} in {'.'.join(parts[:-1])}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> TrainConfig:
+    """A validated TrainConfig from plain data (a parsed TOML document)."""
+    hints = typing.get_type_hints(TrainConfig)
+    sections = [f.name for f in dataclasses.fields(TrainConfig)]
+    values = {}
+    for name, body in raw.items():
+        if name not in sections:
+            near = difflib.get_close_matches(str(name), sections, n=1)
+            hint = f"; did you mean [{near[0]}]?" if near else ""
+            raise ConfigError(f"[{name}] is not a config section (use {', '.join(f'[{s}]' for s in sections)}){hint}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{name} = {_fmt(body)} is not allowed: [{name}] must be a table")
+        values[name] = _build(hints[name], body, name)
+    cfg = TrainConfig(**values)
+    if base_dir is not None:
+        _resolve_paths(cfg, Path(base_dir))
+    check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                raw: dict | None = None) -> TrainConfig:
+    """Read ``path`` (TOML), apply ``overrides`` (``section.key=value``) and validate."""
+    base_dir = None
+    if raw is None:
+        raw = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such config file; copy one from configs/ to start")
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc}); fix the line it names") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}: not a UTF-8 text file; save the config as UTF-8") from None
+            base_dir = path.resolve().parent
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+    try:
+        return config_from_dict(raw, base_dir if base_dir is not None else Path.cwd())
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
+    cfg.model.path = _resolve(base, cfg.model.path)
+    cfg.dataset.path = _resolve(base, cfg.dataset.path)
+    cfg.dataset.reg_path = _resolve(base, cfg.dataset.reg_path)
+    for s in cfg.dataset.subsets:
+        s.path = _resolve(base, s.path)
+    cfg.training.cache_dir = _resolve(base, cfg.training.cache_dir)
+    cfg.sample.prompts = _resolve(base, cfg.sample.prompts)
+    cfg.output.dir = _resolve(base, cfg.output.dir)
+
+
+def check(cfg: TrainConfig) -> None:
+    """Rules that involve more than one key."""
+    d, t = cfg.dataset, cfg.training
+    if not cfg.model.path:
+        raise ConfigError("model.path is empty: name a diffusers model folder or a checkpoint file")
+    if not d.path and not d.subsets:
+        raise ConfigError("dataset.path is empty and there is no [[dataset.subsets]]: name an image folder")
+    for i, s in enumerate(d.subsets):
+        if not s.path:
+            raise ConfigError(f"dataset.subsets[{i}].path is empty: name an image folder")
+    if isinstance(d.resolution, list) and len(d.resolution) != 2:
+        raise ConfigError(f"dataset.resolution = {_fmt(d.resolution)} is not allowed: use one side or "
+                          "[width, height]")
+    if d.bucket_step % 8:
+        raise ConfigError(f"dataset.bucket_step = {d.bucket_step} is not allowed: use a multiple of 8")
+    if d.bucket_min_side > d.bucket_max_side:
+        raise ConfigError(f"dataset.bucket_min_side = {d.bucket_min_side} is larger than dataset.bucket_max_side "
+                          f"= {d.bucket_max_side}")
+    from PIL import ImageColor
+
+    try:
+        ImageColor.getrgb(d.background)
+    except ValueError:
+        raise ConfigError(f"dataset.background = {_fmt(d.background)} is not a colour: use a name such as "
+                          "\"white\" or a hex value such as \"#808080\"") from None
+    if t.min_timestep >= t.max_timestep:
+        raise ConfigError(f"training.min_timestep = {t.min_timestep} must be below training.max_timestep = "
+                          f"{t.max_timestep}")
+    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
+        raise ConfigError(f"optimizer.betas = {_fmt(cfg.optimizer.betas)} is not allowed: use two numbers in "
+                          "[0, 1), e.g. [0.9, 0.999]")
+    if not cfg.output.name or any(c in cfg.output.name for c in "/\\"):
+        raise ConfigError(f"output.name = {_fmt(cfg.output.name)} is not allowed: use a file name without "
+                          "folders (the adapter is written to <output.dir>/<output.name>.safetensors)")
+
+
+# ------------------------------------------------------------------------------------------ writing
+def to_dict(cfg: TrainConfig) -> dict:
+    """The config as plain data (None values dropped: TOML has no null, and None means 'the default')."""
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return obj
+    return clean(dataclasses.asdict(cfg))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The resolved config as a TOML document that ``load_config`` reads back to an equal config."""
+    lines: list[str] = []
+    for section, body in to_dict(cfg).items():
+        tables = {k: v for k, v in body.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        lines.append(f"[{section}]")
+        for k, v in body.items():
+            if k not in tables and not (isinstance(v, list) and not v and k == "subsets"):
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+        for k, items in tables.items():
+            for item in items:
+                lines.append(f"[[{section}.{k}]]")
+                lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in item.items())
+                lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from sdlora.files import atomic_write_bytes
+
+    atomic_write_bytes(path, dump_toml(cfg).encode("utf-8"))

@@ -1,0 +1,283 @@
+"""The training images: folder scan, captions, and the report shown before training.
+
+``scan(section)`` turns the [dataset] config into a ``Dataset``: its subsets (each image folder with its
+own settings; kohya's ``N_name`` sub-folders become subsets repeated N times), the usable images with
+their captions and sizes, and a ``DataReport`` of everything that was skipped and why. Every image is
+decoded once here, so a corrupt, empty, unreadable or too small file is listed at the start and never
+reaches the training loop.
+
+Captions: ``<stem><caption_extension>`` beside the image, else ``<stem>.txt`` / ``<stem>.caption``. An
+image without one uses the subset's fallback caption, else the kohya folder name (``10_sks dog`` ->
+``sks dog``), else the class token. The trigger word is put first in every training caption that does not
+already hold it (never in regularisation captions).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdlora.errors import SdloraError
+
+from .config import DatasetSection, SubsetSection
+from .images import IMAGE_EXTENSIONS, BadImage, decode
+
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+
+
+class DatasetError(SdloraError):
+    """The dataset cannot be trained on (no folder, no usable image)."""
+
+
+@dataclass
+class Subset:
+    """One image folder with its resolved settings."""
+
+    path: Path
+    name: str  # folder name, e.g. "10_sks dog"
+    is_reg: bool
+    repeats: int
+    trigger: str
+    class_token: str
+    folder_caption: str  # kohya "N_name" -> "name"; "" otherwise
+    caption_extension: str
+    fallback_caption: str
+    loss_weight: float
+    flip: bool
+    crop: str
+    alpha_mode: str
+    shuffle_captions: bool
+    keep_tokens: int
+    caption_dropout: float
+    tag_dropout: float
+
+
+@dataclass
+class Item:
+    """One usable image."""
+
+    path: Path
+    subset: int  # index into Dataset.subsets
+    caption: str  # the caption body (without the trigger)
+    trigger: str  # put first in the caption ("" for none)
+    size: tuple[int, int]  # (width, height), EXIF rotation applied
+    has_alpha_mask: bool = False
+    bucket: tuple[int, int] = (0, 0)  # (width, height), set by buckets.assign
+    _digest: str = ""
+
+    def digest(self) -> str:
+        """sha256 of the file's bytes (computed once)."""
+        if not self._digest:
+            self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return self._digest
+
+
+@dataclass
+class DataReport:
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (kept, skipped)
+    no_caption: list[Path] = field(default_factory=list)
+    ignored_folders: list[Path] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # subset name -> usable images
+
+    def format(self, limit: int = 20) -> str:
+        lines = []
+        for name, n in self.counts.items():
+            lines.append(f"  {name}: {n} images")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} files:")
+            lines += [f"    {p}: {why}" for p, why in self.skipped[:limit]]
+            if len(self.skipped) > limit:
+                lines.append(f"    ... and {len(self.skipped) - limit} more")
+        if self.duplicates:
+            lines.append(f"  {len(self.duplicates)} images share a name (and so a caption file) with another; "
+                         "only the first is used:")
+            lines += [f"    {b.name} (kept {a.name}) in {a.parent}" for a, b in self.duplicates[:limit]]
+        if self.no_caption:
+            lines.append(f"  {len(self.no_caption)} images have no caption file; they use the fallback "
+                         "caption (dataset.fallback_caption, the N_name folder name, or dataset.class_token):")
+            lines += [f"    {p}" for p in self.no_caption[:limit]]
+            if len(self.no_caption) > limit:
+                lines.append(f"    ... and {len(self.no_caption) - limit} more")
+        if self.ignored_folders:
+            lines.append("  folders ignored (not named N_name, e.g. 10_sks dog): "
+                         + ", ".join(str(p) for p in self.ignored_folders[:limit]))
+        return "\n".join(lines)
+
+
+@dataclass
+class Dataset:
+    subsets: list[Subset]
+    items: list[Item]
+    report: DataReport
+
+    def train_items(self) -> list[int]:
+        return [i for i, it in enumerate(self.items) if not self.subsets[it.subset].is_reg]
+
+    def reg_items(self) -> list[int]:
+        return [i for i, it in enumerate(self.items) if self.subsets[it.subset].is_reg]
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """{subset folder name: {tag: count}} as kohya's ss_tag_frequency."""
+        out: dict[str, collections.Counter] = {}
+        for it in self.items:
+            sub = self.subsets[it.subset]
+            tags = [t.strip() for t in full_caption(it).split(",") if t.strip()]
+            out.setdefault(sub.name, collections.Counter()).update(tags)
+        return {k: dict(v) for k, v in out.items()}
+
+    def dataset_dirs(self) -> dict[str, dict[str, int]]:
+        """{subset folder name: {"n_repeats", "img_count"}} as kohya's ss_dataset_dirs."""
+        counts = collections.Counter(it.subset for it in self.items)
+        return {s.name: {"n_repeats": s.repeats, "img_count": counts.get(i, 0)}
+                for i, s in enumerate(self.subsets) if not s.is_reg}
+
+
+def full_caption(item: Item) -> str:
+    """The caption as stored: trigger first, then the caption body."""
+    return ", ".join(p for p in (item.trigger, item.caption) if p)
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def _subsets_of(section: DatasetSection) -> list[SubsetSection]:
+    if section.subsets:
+        return list(section.subsets)
+    out = []
+    if section.path:
+        out.append(SubsetSection(path=section.path))
+    if section.reg_path:
+        out.append(SubsetSection(path=section.reg_path, is_reg=True, repeats=section.reg_repeats))
+    return out
+
+
+def _resolve(section: DatasetSection, s: SubsetSection, folder: Path, repeats: int | None,
+             folder_caption: str) -> Subset:
+    default_weight = section.prior_loss_weight if s.is_reg else 1.0
+    return Subset(
+        path=folder, name=folder.name, is_reg=s.is_reg,
+        repeats=repeats if repeats is not None else _pick(s.repeats, section.repeats),
+        trigger="" if s.is_reg else _pick(s.trigger, section.trigger),
+        class_token=_pick(s.class_token, section.class_token),
+        folder_caption=folder_caption,
+        caption_extension=_pick(s.caption_extension, section.caption_extension),
+        fallback_caption=_pick(s.fallback_caption, section.fallback_caption),
+        loss_weight=_pick(s.loss_weight, default_weight),
+        flip=_pick(s.flip, section.flip), crop=_pick(s.crop, section.crop),
+        alpha_mode=_pick(s.alpha_mode, section.alpha_mode),
+        shuffle_captions=_pick(s.shuffle_captions, section.shuffle_captions),
+        keep_tokens=_pick(s.keep_tokens, section.keep_tokens),
+        caption_dropout=_pick(s.caption_dropout, section.caption_dropout),
+        tag_dropout=_pick(s.tag_dropout, section.tag_dropout),
+    )
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def read_caption(image: Path, extension: str) -> str | None:
+    """The caption beside ``image`` (None when there is no caption file); lines joined with ', '."""
+    for ext in dict.fromkeys((extension,) + CAPTION_EXTENSIONS):
+        side = image.with_name(image.stem + ext)
+        if side.is_file() and side != image:
+            text = side.read_text(encoding="utf-8", errors="replace")
+            return ", ".join(line.strip() for line in text.splitlines() if line.strip())
+    return None
+
+
+def _with_trigger(caption: str, trigger: str) -> tuple[str, str]:
+    """(body, trigger): the trigger is dropped when the caption already names it."""
+    if not trigger:
+        return caption, ""
+    if re.search(rf"(^|[\s,]){re.escape(trigger)}($|[\s,])", caption):
+        return caption, ""
+    return caption, trigger
+
+
+def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
+    """Scan the folders of ``section``; raises DatasetError when no usable training image is left."""
+    report = DataReport()
+    subsets: list[Subset] = []
+    candidates: list[tuple[int, Path]] = []
+    for i, sub in enumerate(_subsets_of(section)):
+        where = f"{key}.subsets[{i}].path" if section.subsets else (f"{key}.reg_path" if sub.is_reg else f"{key}.path")
+        root = Path(sub.path)
+        if not root.is_dir():
+            raise DatasetError(f"{where} = {str(root)!r}: no such folder; point it at a folder of images")
+        folders: list[tuple[Path, int | None, str]] = [(root, None, "")]
+        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            m = _KOHYA_FOLDER.match(child.name)
+            if m and int(m.group(1)) > 0:
+                folders.append((child, int(m.group(1)), m.group(2).strip()))
+            else:
+                report.ignored_folders.append(child)
+        found = 0
+        for folder, repeats, folder_caption in folders:
+            images = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+            found += len(images)
+            if not images and folder is root and len(folders) > 1:
+                continue  # a kohya root holding only N_name folders
+            subsets.append(_resolve(section, sub, folder, repeats, folder_caption))
+            index = len(subsets) - 1
+            seen: dict[str, Path] = {}
+            for p in images:
+                stem = p.stem.casefold()
+                if stem in seen:
+                    report.duplicates.append((seen[stem], p))
+                    continue
+                seen[stem] = p
+                candidates.append((index, p))
+        if not found:
+            raise DatasetError(f"{where} = {str(root)!r} holds no images (looked for "
+                               f"{', '.join(IMAGE_EXTENSIONS)}); add images or fix the path")
+
+    def probe(entry: tuple[int, Path]):
+        index, path = entry
+        sub = subsets[index]
+        try:
+            decoded = decode(path, sub.alpha_mode, section.background)
+        except BadImage as exc:
+            return entry, None, str(exc)
+        w, h = decoded.image.size
+        if min(w, h) < section.min_image_side:
+            return entry, None, (f"too small ({w}x{h}; the shorter side must be at least "
+                                 f"{section.min_image_side} px, dataset.min_image_side)")
+        return entry, (w, h, decoded.mask is not None), ""
+
+    items: list[Item] = []
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(probe, candidates))
+    for (index, path), info, why in results:
+        if info is None:
+            report.skipped.append((path, why))
+            continue
+        sub = subsets[index]
+        text = read_caption(path, sub.caption_extension)
+        if not text:
+            report.no_caption.append(path)
+            if sub.is_reg:
+                text = sub.fallback_caption or sub.class_token or sub.folder_caption
+            else:
+                text = sub.fallback_caption or sub.folder_caption or sub.class_token
+        body, trigger = _with_trigger(text, sub.trigger)
+        w, h, masked = info
+        items.append(Item(path=path, subset=index, caption=body, trigger=trigger, size=(w, h),
+                          has_alpha_mask=masked))
+    counts = collections.Counter(it.subset for it in items)
+    report.counts = {("reg " if s.is_reg else "") + f"{s.path} (x{s.repeats})": counts.get(i, 0)
+                     for i, s in enumerate(subsets)}
+    dataset = Dataset(subsets, items, report)
+    if not dataset.train_items():
+        where = ", ".join(str(s.path) for s in subsets if not s.is_reg) or "the dataset"
+        detail = f"; skipped: {report.format()}" if report.skipped else ""
+        raise DatasetError(f"no usable training image in {where}{detail}")
+    return dataset
