@@ -1,1 +1,9 @@
-"""The DreamBooth-style trainer: config, data, caches, loop, checkpoints, samples."""
+"""The DreamBooth-style trainer: config, data, caches, loop, checkpoints, samples.
+
+    from sdlora.trainers import load_config, train
+    result = train(load_config("my.toml", ["training.max_steps=200"]))
+"""
+from .config import TrainConfig, load_config
+from .loop import Trainer, TrainingStopped, TrainResult, train
+
+__all__ = ["TrainConfig", "load_config", "Trainer", "TrainResult", "TrainingStopped", "train"]

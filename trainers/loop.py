@@ -1,0 +1,651 @@
+"""The training loop: from a validated config to an adapter file.
+
+``Trainer(cfg).run()`` opens the model, scans the data, creates the Network on the UNet (and the text
+encoders when they are trained), fills the caches, and runs ``training.max_steps`` optimiser steps:
+
+  for each step: up to ``gradient_accumulation`` global batches (per-device batch × processes, one bucket
+  each); this process takes its rows; latents (cached or encoded now), text conditioning (cached or
+  encoded, with gradients when the encoders learn), SDXL size conditioning; noise and timesteps from a
+  generator seeded by (seed, step, micro-batch); the loss (see noise.py) summed over the rows and divided
+  by the global batch size, so the gradient summed over processes equals one process's on the whole
+  batch. Adapter gradients are summed across processes with one all-reduce (the UNet is never wrapped).
+
+A non-finite loss or gradient skips the step (reported); ``training.max_bad_steps`` in a row stop the
+run with the last good adapter saved. Ctrl+C saves a resumable state and the current adapter.
+Everything random is derived from (seed, epoch, ...) or restored from the state, so ``--resume``
+continues exactly (bitwise on CPU).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sdlora import adapters
+from sdlora.errors import ConfigError, SdloraError
+from sdlora.models import BaseModel, open_model
+from sdlora.networks import Network, NetworkConfig
+
+from . import buckets, state as states
+from .batches import epoch_batches, local_slice, rng_for
+from .cache import LatentCache, Store, TextCache, fit, module_identity, tokenizer_identity
+from .captions import augment, varies
+from .config import TrainConfig, save_config, to_dict
+from .data import Dataset, full_caption, scan
+from .encode import encode_pixels, encode_text, time_ids, vae_factor
+from .monitor import Monitor
+from .noise import add_noise, draw, per_sample_loss, snr_weight, target
+from .optim import learning_rates, make_optimizer, make_scheduler, param_groups
+
+_DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingStopped(SdloraError):
+    """Training stopped early (repeated non-finite steps); the message says what was saved."""
+
+
+@dataclass
+class TrainResult:
+    adapter: Path | None  # the file written last (final, interrupted or last good)
+    step: int  # optimiser steps done, counting earlier runs of a resumed training
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss, this run's steps
+    skipped: list[int] = field(default_factory=list)  # steps skipped for non-finite values
+    cache: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+    state: Path | None = None  # the last state written
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # (b, 4, h, w)
+    mask: torch.Tensor | None  # (b, 1, h, w)
+    hidden: torch.Tensor  # (b, 77, D)
+    pooled: torch.Tensor | None
+    time_ids: torch.Tensor | None  # (b, 6)
+    weights: torch.Tensor  # (b,)
+
+
+def network_config(cfg: TrainConfig, family: str) -> NetworkConfig:
+    n, t = cfg.network, cfg.training
+    preset = n.preset or ("attn-mlp" if n.algo == "lora" else "full")
+    components = ("unet", "te1", "te2") if t.train_text_encoder else ("unet",)
+    try:
+        return NetworkConfig(algo=n.algo, rank=n.rank, alpha=n.alpha, conv_rank=n.conv_rank, conv_alpha=n.conv_alpha,
+                             preset=preset, dora=n.dora, tucker=n.tucker, factor=n.factor,
+                             decompose_both=n.decompose_both, rs_lora=n.rs_lora, dropout=n.dropout,
+                             rank_dropout=n.rank_dropout, module_dropout=n.module_dropout, include=list(n.include),
+                             exclude=list(n.exclude), components=components)
+    except ValueError as exc:
+        raise ConfigError(f"[network]: {exc}") from None
+
+
+class Trainer:
+    """One training run. ``log`` receives the reports printed before and after training."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print,
+                 model: BaseModel | None = None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision)
+        self.main = self.accelerator.is_main_process
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self._log = log
+        self.on_step: list[Callable[["Trainer", int], None]] = []  # called after every optimiser step
+        self.resume_from = states.load_state(resume) if resume else None
+        t = cfg.training
+        _seed_everything(t.seed)
+
+        # data
+        self.dataset: Dataset = scan(cfg.dataset)
+        buckets.assign(self.dataset, cfg.dataset, cfg.resolution)
+        self.log("dataset:\n" + self.dataset.report.format())
+        self.log("buckets:\n" + buckets.report(self.dataset))
+
+        # model and network
+        self.model = model or open_model(cfg.model.path, prediction_type=cfg.model.prediction_type or None)
+        self.family, self.prediction_type = self.model.family, self.model.prediction_type
+        self.weight_dtype = _DTYPES[t.mixed_precision]
+        self._prepare_model()
+        self.network = Network.create(self.model.components(), network_config(cfg, self.family))
+        if not len(self.network):
+            raise ConfigError("[network] selects no layer of the model: check network.preset, include and exclude")
+        self.network.freeze_bases()
+        self.network.to(self.device, torch.float32)
+        self.network.attach()
+        self.network.train()
+        self.log("network:\n" + self.network.format_report())
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        self.trains_te = any(c in ("te1", "te2") for c in self.network.components())
+
+        # schedule
+        self.global_batch = t.batch_size * self.world
+        self.batches_per_epoch = len(epoch_batches(self.dataset, t.seed, 0, self.global_batch))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation)
+        self.total_steps = t.max_steps
+        if t.max_epochs:
+            self.total_steps = min(self.total_steps, t.max_epochs * self.steps_per_epoch)
+        optimizer = make_optimizer(cfg.optimizer, param_groups(self.network, learning_rates(t)))
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.scheduler = make_scheduler(optimizer, cfg.optimizer, self.total_steps, t.te_stop_step)
+        noise_scheduler = _training_scheduler(self.model)
+        self.alphas_cumprod = noise_scheduler.alphas_cumprod.float()
+        self.max_t = min(t.max_timestep, int(noise_scheduler.config.num_train_timesteps))
+
+        # caches
+        self._setup_caches()
+
+        # position
+        self.step, self.epoch, self.position, self.bad_in_row = 0, 0, 0, 0
+        self.started_at = time.time()
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self.prompts = []
+        if cfg.sample.prompts:
+            from .samples import read_prompts
+
+            self.prompts = read_prompts(cfg.sample, cfg.resolution)
+        elif cfg.sample.every_steps or cfg.sample.every_epochs or cfg.sample.at_start:
+            raise ConfigError("sample.every_steps/every_epochs/at_start is set but sample.prompts names no file")
+
+    # ------------------------------------------------------------------------------------ setup
+    def log(self, text: str) -> None:
+        if self.main and text:
+            self._log(text)
+
+    def _prepare_model(self) -> None:
+        cfg, m = self.cfg, self.model
+        m.vae.requires_grad_(False).eval()
+        _move(m.vae, self.device, _DTYPES[cfg.model.vae_dtype])
+        m.unet.requires_grad_(False)
+        _move(m.unet, self.device, self.weight_dtype)
+        for te in m.text_encoders:
+            te.requires_grad_(False)
+            _move(te, self.device, self.weight_dtype)
+        checkpointing = cfg.training.gradient_checkpointing
+        if checkpointing:
+            m.unet.enable_gradient_checkpointing()
+            if cfg.training.train_text_encoder:
+                for te in m.text_encoders:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Base dropouts are 0 in SD models; train() only lets checkpointing run in transformers.
+        m.unet.train(checkpointing)
+        for te in m.text_encoders:
+            te.train(checkpointing and cfg.training.train_text_encoder)
+        if cfg.model.attention == "xformers":
+            try:
+                m.unet.enable_xformers_memory_efficient_attention()
+            except Exception as exc:  # not installed, or no CUDA build
+                self.log(f"xformers is not usable here ({type(exc).__name__}: {exc}); using PyTorch SDPA attention")
+
+    def _setup_caches(self) -> None:
+        cfg, t = self.cfg, self.cfg.training
+        folder = None
+        if t.cache_to_disk:
+            folder = Path(t.cache_dir) if t.cache_dir else cfg.output_dir / "cache"
+        self.latent_cache = self.text_cache = None
+        notes = []
+        self.cached_subsets: set[int] = set()
+        if t.cache_latents:
+            self.cached_subsets = {i for i, s in enumerate(self.dataset.subsets) if s.crop == "center"}
+            if len(self.cached_subsets) < len(self.dataset.subsets):
+                notes.append("latents of subsets with random crop are not cached (each step crops anew)")
+            if self.cached_subsets:
+                vae = self.model.vae
+                self.latent_cache = LatentCache(
+                    Store(folder / "latents" if folder else None),
+                    lambda px: encode_pixels(vae, px.to(self.device), self.model.latent_scale),
+                    module_identity(vae), vae_factor(vae), cfg.dataset.background)
+        if t.cache_text_outputs:
+            if self.trains_te:
+                notes.append("text-encoder outputs are not cached: the text encoders are trained")
+            elif any(varies(s) for s in self.dataset.subsets):
+                notes.append("text-encoder outputs are not cached: caption shuffling / tag dropout make every "
+                             "caption new")
+            else:
+                text_id = "|".join([module_identity(te) for te in self.model.text_encoders] +
+                                   [tokenizer_identity(tok) for tok in self.model.tokenizers] +
+                                   [str(cfg.model.clip_skip), self.family])
+                self.text_cache = TextCache(Store(folder / "text" if folder else None), self._encode_text, text_id)
+        for note in notes:
+            self.log(f"cache: {note}")
+        self.cache_stats = self._fill_caches()
+        if self.cache_stats:
+            self.log("cache: " + ", ".join(f"{k} {v}" for k, v in self.cache_stats.items()))
+
+    def _fill_caches(self) -> dict[str, int]:
+        stats = {}
+        items, subsets = self.dataset.items, self.dataset.subsets
+        if self.latent_cache is not None:
+            todo = [(it, f) for it in items if it.subset in self.cached_subsets
+                    for f in ((False, True) if subsets[it.subset].flip else (False,))]
+            todo.sort(key=lambda x: (x[0].bucket, x[1]))
+            for k in range(0, len(todo), 8):
+                chunk = [c for c in todo[k:k + 8]]
+                by_bucket: dict = {}
+                for it, f in chunk:
+                    by_bucket.setdefault(it.bucket, []).append((it, f))
+                for group in by_bucket.values():
+                    self.latent_cache.get([it for it, _ in group], subsets, [f for _, f in group])
+            store = self.latent_cache.store
+            stats.update({"latents encoded": store.encoded, "latents reused": store.reused})
+        if self.text_cache is not None:
+            captions = []
+            for it in items:
+                captions.append(full_caption(it))
+                if subsets[it.subset].caption_dropout:
+                    captions.append("")
+            captions = list(dict.fromkeys(captions))
+            for k in range(0, len(captions), 16):
+                self.text_cache.get(captions[k:k + 16])
+            store = self.text_cache.store
+            stats.update({"text encoded": store.encoded, "text reused": store.reused})
+        return stats
+
+    def _encode_text(self, captions: list[str]):
+        return encode_text(self.model, captions, self.cfg.model.clip_skip, self.device)
+
+    def _restore(self, st: states.State) -> None:
+        saved_cfg = st.trainer.get("config", {})
+        if st.trainer.get("global_batch") != self.global_batch:
+            self.log(f"resume: the state was trained with a global batch of {st.trainer.get('global_batch')}, this "
+                     f"run uses {self.global_batch}; the data order will differ from an uninterrupted run")
+        for section in ("network", "dataset", "noise", "optimizer"):
+            if saved_cfg.get(section) != to_dict(self.cfg).get(section):
+                self.log(f"resume: [{section}] differs from the state's; the run will not match an uninterrupted one")
+        try:
+            self.network.load_state_dict({k: v.to(self.device) for k, v in st.network.items()})
+        except RuntimeError as exc:
+            raise states.StateError(f"{st.folder}: the state's adapter does not fit the [network] of this config "
+                                    f"({str(exc).splitlines()[0]}); resume with the config it was trained with") from None
+        try:
+            self.optimizer.load_state_dict(st.optimizer)
+            self.scheduler.load_state_dict(st.scheduler)
+        except (ValueError, KeyError) as exc:
+            raise states.StateError(f"{st.folder}: the optimiser state does not fit this config ({exc}); resume "
+                                    "with the optimizer settings it was trained with") from None
+        scaler = self.accelerator.scaler
+        if scaler is not None and st.trainer.get("scaler"):
+            scaler.load_state_dict(st.trainer["scaler"])
+        self.step = int(st.trainer["step"])
+        self.epoch = int(st.trainer["epoch"])
+        self.position = int(st.trainer["position"])
+        self.bad_in_row = int(st.trainer.get("bad_in_row", 0))
+        self.started_at = float(st.trainer.get("started_at", self.started_at))
+        rng = st.rng(self.rank)
+        if rng is not None:
+            states.set_rng_state(*rng)
+        self.log(f"resumed from {st.folder} at step {self.step} (epoch {self.epoch + 1}, batch {self.position})")
+
+    # ------------------------------------------------------------------------------- one step
+    def _batch(self, indices: list[int], epoch: int, batch_index: int, offset: int, augmented: bool = True) -> Batch:
+        """This process's rows ``indices`` (global positions from ``offset``) of a global batch; without
+        ``augmented`` the images are centre-cropped, unflipped, with their full captions."""
+        ds, cfg = self.dataset, self.cfg
+        items = [ds.items[i] for i in indices]
+        subs = [ds.subsets[it.subset] for it in items]
+        rngs = [rng_for(cfg.training.seed, 3, epoch, batch_index, offset + k) for k in range(len(items))]
+        if augmented:
+            flips = [bool(s.flip and r.random() < 0.5) for s, r in zip(subs, rngs)]
+            captions = [augment(it, s, r, cfg.dataset.caption_separator) for it, s, r in zip(items, subs, rngs)]
+        else:
+            flips, captions, rngs = [False] * len(items), [full_caption(it) for it in items], [None] * len(items)
+        latents: list = [None] * len(items)
+        masks: list = [None] * len(items)
+        crops: list = [None] * len(items)
+        cached = [k for k, it in enumerate(items) if self.latent_cache is not None and it.subset in self.cached_subsets]
+        if cached:
+            entries = self.latent_cache.get([items[k] for k in cached], ds.subsets, [flips[k] for k in cached])
+            for k, e in zip(cached, entries):
+                latents[k], masks[k] = e["latents"], e.get("mask")
+                crops[k] = _crop_after_flip(items[k], flips[k])
+        fresh = [k for k in range(len(items)) if latents[k] is None]
+        if fresh:
+            samples = [fit(items[k], subs[k], flips[k], subs[k].crop if augmented else "center", rngs[k],
+                           cfg.dataset.background) for k in fresh]
+            encoded = encode_pixels(self.model.vae, torch.stack([s.pixels for s in samples]).to(self.device),
+                                    self.model.latent_scale)
+            for k, s, lat in zip(fresh, samples, encoded):
+                latents[k], crops[k] = lat, s.crop_top_left
+                if s.mask is not None:
+                    masks[k] = torch.nn.functional.interpolate(s.mask[None], size=lat.shape[-2:], mode="area")[0]
+        lat = torch.stack([x.to(self.device) for x in latents])
+        mask = None
+        if any(m is not None for m in masks):
+            ones = torch.ones_like(lat[:, :1])
+            mask = torch.stack([m.to(self.device) if m is not None else ones[0] for m in masks])
+        if self.text_cache is not None:
+            entries = self.text_cache.get(captions)
+            hidden = torch.stack([e["hidden"] for e in entries]).to(self.device)
+            pooled = torch.stack([e["pooled"] for e in entries]).to(self.device) if "pooled" in entries[0] else None
+        else:
+            with torch.set_grad_enabled(self.trains_te), self.accelerator.autocast():
+                hidden, pooled = self._encode_text(captions)
+        tids = None
+        if self.family == "sdxl":
+            bw, bh = items[0].bucket
+            tids = time_ids([(it.size[1], it.size[0]) for it in items], crops, (bh, bw)).to(self.device)
+        weights = torch.tensor([s.loss_weight for s in subs], dtype=torch.float32, device=self.device)
+        return Batch(lat, mask, hidden, pooled, tids, weights)
+
+    def _loss(self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-sample weighted losses (b,) of ``batch`` with the given noise and timesteps."""
+        cfg, dtype = self.cfg, self.weight_dtype
+        noise, timesteps = noise.to(self.device), timesteps.to(self.device)
+        noisy = add_noise(batch.latents, noise, timesteps, self.alphas_cumprod)
+        added = None
+        if batch.pooled is not None:
+            added = {"text_embeds": batch.pooled.to(dtype), "time_ids": batch.time_ids.to(dtype)}
+        with self.accelerator.autocast():
+            pred = self.model.unet(noisy.to(dtype), timesteps, batch.hidden.to(dtype),
+                                   added_cond_kwargs=added, return_dict=False)[0]
+        tgt = target(batch.latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
+        loss = per_sample_loss(pred, tgt, cfg.noise.loss, cfg.noise.huber_c, batch.mask)
+        return loss * snr_weight(timesteps, self.alphas_cumprod, cfg.noise.min_snr_gamma, self.prediction_type) * batch.weights
+
+    def _micro(self, global_batch: list[int], epoch: int, batch_index: int, step: int, micro: int, count: int
+               ) -> torch.Tensor | None:
+        """This process's share of the loss of one global batch (already scaled), or None if it has no rows."""
+        gen = torch.Generator().manual_seed(int(rng_for(self.cfg.training.seed, 4, step, micro).integers(2 ** 62)))
+        start, stop = local_slice(global_batch, self.rank, self.world)
+        bucket = self.dataset.items[global_batch[0]].bucket
+        f = vae_factor(self.model.vae)
+        shape = (len(global_batch), self.model.unet.config.in_channels, bucket[1] // f, bucket[0] // f)
+        d = draw(shape, gen, self.cfg.noise, self.cfg.training.min_timestep, self.max_t).rows(start, stop)
+        if stop == start:
+            return None
+        batch = self._batch(global_batch[start:stop], epoch, batch_index, start)
+        return self._loss(batch, d.noise, d.timesteps).sum() / (len(global_batch) * count)
+
+    def _sync_gradients(self) -> None:
+        """Sum adapter gradients over processes (one flat all-reduce)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+        offset = 0
+        for p, g in zip(self.params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def train_step(self, group: list[list[int]], epoch: int, first_batch: int) -> tuple[float | None, float | None]:
+        """One optimiser step over the global batches ``group``; returns (loss, grad norm), None when skipped."""
+        local, bad = 0.0, False
+        for m, global_batch in enumerate(group):
+            loss = self._micro(global_batch, epoch, first_batch + m, self.step, m, len(group))
+            if loss is None:
+                continue
+            if not torch.isfinite(loss.detach()).all():
+                bad = True
+                continue
+            self.accelerator.backward(loss)
+            local += float(loss.detach())
+        stats = torch.tensor([local, float(bad)], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            stats = self.accelerator.reduce(stats, reduction="sum")
+        loss_value, bad = float(stats[0]), bool(stats[1] > 0)
+        norm = None
+        if not bad:
+            self._sync_gradients()
+            max_norm = self.cfg.training.max_grad_norm or float("inf")
+            norm = float(self.accelerator.clip_grad_norm_(self.params, max_norm))
+            if not math.isfinite(norm):
+                if self.cfg.training.mixed_precision == "fp16":
+                    self.optimizer.step()  # the loss scaler skips the update and lowers its scale
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    return loss_value, None
+                bad = True
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return None, None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss_value, norm
+
+    # ----------------------------------------------------------------------------------- saving
+    def _metadata(self, steps: int, finished: bool) -> dict[str, str]:
+        cfg, t, ds = self.cfg, self.cfg.training, self.dataset
+        lrs = learning_rates(t)
+        triggers = sorted({s.trigger for s in ds.subsets if s.trigger})
+        training = {
+            "ss_num_train_images": str(sum(ds.subsets[ds.items[i].subset].repeats for i in ds.train_items())),
+            "ss_num_reg_images": str(len(ds.reg_items())),
+            "ss_num_epochs": str(self.epoch + (1 if self.position else 0)),
+            "ss_steps": str(steps),
+            "ss_max_train_steps": str(self.total_steps),
+            "ss_learning_rate": str(t.learning_rate),
+            "ss_unet_lr": str(lrs["unet"]),
+            "ss_text_encoder_lr": str(lrs["te1"] if t.train_text_encoder else 0),
+            "ss_batch_size_per_device": str(t.batch_size),
+            "ss_total_batch_size": str(self.global_batch * t.gradient_accumulation),
+            "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
+            "ss_optimizer": cfg.optimizer.name,
+            "ss_lr_scheduler": cfg.optimizer.scheduler,
+            "ss_lr_warmup_steps": str(cfg.optimizer.warmup_steps),
+            "ss_mixed_precision": t.mixed_precision,
+            "ss_max_grad_norm": str(t.max_grad_norm),
+            "ss_noise_offset": str(cfg.noise.offset),
+            "ss_multires_noise_iterations": str(cfg.noise.multires_iterations),
+            "ss_min_snr_gamma": str(cfg.noise.min_snr_gamma),
+            "ss_clip_skip": str(cfg.model.clip_skip),
+            "ss_prior_loss_weight": str(cfg.dataset.prior_loss_weight),
+            "ss_cache_latents": str(bool(self.latent_cache)),
+            "ss_enable_bucket": str(cfg.dataset.buckets),
+            "ss_flip_aug": str(cfg.dataset.flip),
+            "ss_shuffle_caption": str(cfg.dataset.shuffle_captions),
+            "ss_keep_tokens": str(cfg.dataset.keep_tokens),
+            "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout),
+            "ss_seed": str(t.seed),
+            "ss_training_comment": cfg.output.comment,
+            "ss_tag_frequency": ds.tag_frequency(),
+            "ss_dataset_dirs": ds.dataset_dirs(),
+            "ss_training_started_at": str(self.started_at),
+            "ss_training_finished_at": str(time.time()) if finished else "",
+            "ss_sd_model_name": Path(cfg.model.path).name,
+        }
+        return adapters.build_metadata(self.network, self.family, v_prediction=self.prediction_type == "v_prediction",
+                                       name=cfg.output.name, trigger_words=triggers, config=to_dict(cfg),
+                                       training=training, resolution=cfg.resolution)
+
+    def save_adapter(self, path: Path, finished: bool = False) -> Path:
+        if self.main:
+            adapters.save_adapter(self.network, path, self.family, dtype=self.cfg.output.save_dtype,
+                                  metadata=self._metadata(self.step, finished))
+        return path
+
+    def save_state(self) -> Path:
+        """Write state-<step> (every process adds its RNG state); keeps the last training.keep_last."""
+        out = self.cfg.output_dir
+        trainer = {"step": self.step, "epoch": self.epoch, "position": self.position, "bad_in_row": self.bad_in_row,
+                   "global_batch": self.global_batch, "world_size": self.world, "started_at": self.started_at,
+                   "config": to_dict(self.cfg)}
+        scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
+        folder = states.state_dir(out, self.step)
+        if self.main:
+            folder = states.save_state(out, self.step, self.network, self.optimizer, self.scheduler, trainer, scaler)
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            states.save_rng(folder, self.rank)
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            states.prune(out, self.cfg.training.keep_last)
+        return folder
+
+    def _periodic_save(self) -> None:
+        name = self.cfg.output.name
+        path = self.cfg.output_dir / f"{name}-step{self.step:06d}.safetensors"
+        self.save_adapter(path)
+        self.save_state()
+        if self.main:
+            kept = sorted(self.cfg.output_dir.glob(f"{name}-step[0-9]*.safetensors"))
+            for old in kept[:-self.cfg.training.keep_last]:
+                old.unlink(missing_ok=True)
+        self.log(f"saved {path.name} and state-{self.step}")
+
+    def _params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.network.parameters())
+
+    # ---------------------------------------------------------------------------------- samples
+    def sample(self, monitor: Monitor | None = None) -> list:
+        if not self.prompts or not self.main:
+            return []
+        from .samples import generate
+
+        out = generate(self.model.pipe, self.network, self.prompts, self.cfg.output_dir / "samples",
+                       f"step{self.step:06d}")
+        if monitor is not None:
+            monitor.images(self.step, out)
+        return out
+
+    def measure_loss(self, seed: int = 0, timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)) -> float:
+        """The mean loss over every training image at fixed timesteps and fixed noise (no augmentation,
+        adapters in eval mode): a deterministic figure to compare before and after training."""
+        ds, total, count = self.dataset, 0.0, 0
+        was = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                for n, i in enumerate(ds.train_items()):
+                    b = self._batch([i], 0, n, 0, augmented=False)
+                    b.weights = torch.ones_like(b.weights)
+                    for t in timesteps:
+                        gen = torch.Generator().manual_seed(seed * 100003 + n * 1009 + t)
+                        noise = torch.randn(b.latents.shape, generator=gen)
+                        total += float(self._loss(b, noise, torch.tensor([t])).sum())
+                        count += 1
+        finally:
+            self.network.train(was)
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------------------------- run
+    def run(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.training
+        out = cfg.output_dir
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.toml")
+        self.accelerator.wait_for_everyone()
+        result = TrainResult(adapter=None, step=self.step, cache=dict(self.cache_stats))
+        self.log(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch, global batch "
+                 f"{self.global_batch} × {t.gradient_accumulation} accumulation) on {self.device}"
+                 + (f", resuming at step {self.step}" if self.step else ""))
+        monitor = Monitor(self.total_steps, self.step, out / "logs" if cfg.output.tensorboard else None, self.main)
+        last_state: Path | None = None
+        try:
+            if cfg.sample.at_start and self.step == 0:
+                self.sample(monitor)
+            while self.step < self.total_steps:
+                batches = epoch_batches(self.dataset, t.seed, self.epoch, self.global_batch)
+                group = batches[self.position:self.position + t.gradient_accumulation]
+                first = self.position
+                epoch = self.epoch
+                loss, norm = self.train_step(group, epoch, first)
+                self.step += 1
+                self.position += len(group)
+                epoch_done = self.position >= len(batches)
+                if epoch_done:
+                    self.epoch, self.position = self.epoch + 1, 0
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                if loss is None:
+                    self.bad_in_row += 1
+                    result.skipped.append(self.step)
+                    monitor.write(f"step {self.step}: non-finite loss or gradients; the step was skipped "
+                                  f"({self.bad_in_row} in a row)")
+                    if self.bad_in_row >= t.max_bad_steps:
+                        monitor.close()
+                        self._stop_bad()
+                else:
+                    self.bad_in_row = 0
+                    result.losses[self.step] = loss
+                monitor.step(self.step, loss, lrs, norm)
+                if t.save_every_steps and self.step % t.save_every_steps == 0 and self.step < self.total_steps:
+                    self._periodic_save()
+                    last_state = states.state_dir(out, self.step)
+                if cfg.sample.every_steps and self.step % cfg.sample.every_steps == 0:
+                    self.sample(monitor)
+                if epoch_done:
+                    if t.save_every_epochs and self.epoch % t.save_every_epochs == 0 and self.step < self.total_steps:
+                        self._periodic_save()
+                        last_state = states.state_dir(out, self.step)
+                    if cfg.sample.every_epochs and self.epoch % cfg.sample.every_epochs == 0:
+                        self.sample(monitor)
+                    if t.max_epochs and self.epoch >= t.max_epochs:
+                        break
+                for callback in self.on_step:
+                    callback(self, self.step)
+        except KeyboardInterrupt:
+            monitor.close()
+            path = self.save_adapter(out / f"{cfg.output.name}-step{self.step:06d}.safetensors")
+            result.state = self.save_state()
+            result.adapter, result.step, result.interrupted = path, self.step, True
+            self.log(f"interrupted at step {self.step}: saved {path} and {result.state}; continue with "
+                     f"sdlora train {out / 'config.toml'} --resume {out}")
+            return result
+        monitor.close()
+        result.adapter = self.save_adapter(cfg.adapter_path, finished=True)
+        result.state = self.save_state()
+        result.step = self.step
+        self.log(f"done: {self.step} steps; adapter {result.adapter}; state {result.state}")
+        return result
+
+    def _stop_bad(self) -> None:
+        out, name = self.cfg.output_dir, self.cfg.output.name
+        path = out / f"{name}-last-good.safetensors"
+        if self._params_finite():
+            self.save_adapter(path)
+            saved = f"the adapter as of the last good step is saved as {path}"
+        else:
+            saved = "the adapter itself holds non-finite values, so nothing new was saved; use the last state-N"
+        raise TrainingStopped(
+            f"training stopped at step {self.step}: {self.bad_in_row} steps in a row had a non-finite loss or "
+            f"gradients ({saved}). Lower training.learning_rate, set training.max_grad_norm, or use bf16 instead "
+            "of fp16")
+
+
+def _crop_after_flip(item, flip: bool) -> tuple[int, int]:
+    from .images import crop_box
+
+    (nw, _), (left, top) = crop_box(item.size, item.bucket, "center", None)
+    return (top, nw - item.bucket[0] - left if flip else left)
+
+
+def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to ``device``; cast only when the dtype changes (diffusers warns on every cast)."""
+    param = next(module.parameters())
+    if param.dtype != dtype:
+        module.to(device, dtype)
+    elif param.device != device:
+        module.to(device)
+
+
+def _training_scheduler(model: BaseModel):
+    import warnings
+
+    from diffusers import DDPMScheduler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DDPMScheduler.from_config(model.pipe.scheduler.config)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Run a training from a validated config (see ``config.load_config``)."""
+    return Trainer(cfg, resume=resume, log=log).run()
