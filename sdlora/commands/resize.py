@@ -1,0 +1,23 @@
+"""`sdlora resize FILE --rank R | --energy E [--conv-rank R2] --out OUT`."""
+from __future__ import annotations
+
+from ..tools import resize
+from ..tools.cli_args import add_format_args, add_rank_args, add_reference_args
+
+
+def run(args) -> int:
+    report = resize(args.file, args.out, rank=args.rank, energy=args.energy, conv_rank=args.conv_rank,
+                    model=args.model, family=args.family, to=args.to, unet_names=args.unet_names, dtype=args.dtype)
+    print(report.format())
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("resize", help="re-rank an adapter (any algorithm) into LoRA/LoCon by SVD",
+                       description="Re-rank every module by SVD of its ΔW into a LoRA/LoCon; alpha/rank is kept so "
+                       "a strength means the same. Prints the relative error overall and for the worst modules.")
+    p.add_argument("file", help="adapter file (.safetensors)")
+    add_rank_args(p)
+    add_reference_args(p)
+    add_format_args(p)
+    p.set_defaults(func=run)

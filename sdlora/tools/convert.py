@@ -1,0 +1,74 @@
+"""`convert`: rename an adapter's keys into another dialect, carrying every tensor unchanged (bit for bit).
+
+Formats:
+  kohya    lora_unet_… / lora_te_… / lora_te1_… / lora_te2_… names; any algorithm (this is also the form of
+           LyCORIS's kohya wrapper and what A1111/Forge/ComfyUI load). ``unet_names`` picks the UNet's
+           SGM (input_blocks_…, SDXL's standard) or diffusers (down_blocks_…, SD1/SD2's) names.
+  lycoris  lycoris_ + the layer's module path: LyCORIS's own wrapper (create_lycoris_from_weights on the
+           UNet or the text encoder); any algorithm; cannot name SDXL's two text encoders apart.
+  peft     unet.… / text_encoder.… with lora_A / lora_B (diffusers' load_lora_weights, PEFT); plain
+           LoRA/LoCon only, DoRA as lora_magnitude_vector (out,); alpha goes to diffusers'
+           lora_adapter_metadata (per module via alpha_pattern) and comes back from it.
+A file the target cannot hold is refused before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..adapters import build_metadata, peft_metadata
+from .. import files
+from ..errors import AdapterFileError, ConfigError
+from ..networks import Network
+from .common import (
+    ModelLike, Report, _dora_shape, built_module, check_dialect, output_name, peft_cannot_hold, read_source,
+)
+
+_DROP = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata", "format")
+
+
+def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | None = None,
+            model: ModelLike = None, family: str | None = None) -> Report:
+    """Write ``path``'s adapter to ``out`` in the ``to`` format (kohya, lycoris, peft); tensors unchanged.
+
+    Raises AdapterFileError, writing nothing, when the target cannot hold a module (e.g. LoHa to peft)."""
+    check_dialect(to, unet_names)
+    if unet_names is not None and to != "kohya":
+        raise ConfigError("--unet-names chooses kohya's UNet names; it applies to --to kohya only")
+    src = read_source(path, family, model)
+    ref = src.ref
+    style = unet_names or src.unet_names
+    names = {key: output_name(key, ref, to, style) for key in src.modules}
+    modules = {key: built_module(ref.layer(key), t, f"{src.path}: {src.names[key]}") for key, t in src.modules.items()}
+    if to == "peft":
+        refused = [(src.names[k], why) for k, m in modules.items() if (why := peft_cannot_hold(m))]
+        if refused:
+            raise AdapterFileError(f"{src.path}: the diffusers/PEFT format cannot hold {len(refused)} of its modules "
+                                   f"(e.g. {refused[0][0]}: {refused[0][1]}); convert to kohya or lycoris instead")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, t in src.modules.items():
+        name = names[key]
+        if to == "peft":
+            tensors[f"{name}.lora_A.weight"] = t["lora_down.weight"]
+            tensors[f"{name}.lora_B.weight"] = t["lora_up.weight"]
+            if "dora_scale" in t:
+                tensors[f"{name}.lora_magnitude_vector"] = t["dora_scale"].reshape(-1)
+            continue
+        for suffix, value in t.items():
+            if suffix == "dora_scale" and value.dim() == 1:  # PEFT's (out,) -> kohya's (out, 1[, 1, 1])
+                value = value.reshape(_dora_shape(value, ref.layer(key).weight))
+            tensors[f"{name}.{suffix}"] = value
+    network = Network(ref.models, {(k[0], ref.raw_path(k)): m for k, m in modules.items()})
+    meta = {k: v for k, v in src.file.metadata.items() if k not in _DROP}
+    if to == "peft":
+        meta.update(peft_metadata(network))
+    else:
+        for k, v in build_metadata(network, ref.family).items():
+            meta.setdefault(k, v)
+    files.write_tensors(out, tensors, meta, hashes=to != "peft")
+    report = Report(f"convert ({src.dialect} -> {to})", str(out), len(modules))
+    renamed = sum(names[k] != src.names[k] for k in names)
+    report.notes.append(f"lossless: {len(tensors)} tensors carried unchanged; {renamed} of {len(names)} module "
+                        "names changed")
+    return report
