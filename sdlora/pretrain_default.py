@@ -1,0 +1,215 @@
+"""Pretrain the embedded default model on the toy world (``sdlora.toyworld``).
+
+    python -m sdlora.pretrain_default --out sdlora/assets/default [--vae-steps N --unet-steps N --seed S]
+
+The model is a standard SD 1.x-layout latent-diffusion pipeline built from diffusers/transformers classes:
+AutoencoderKL (4 levels, 4 latent channels: 64 px images -> 8×8 latents), UNet2DConditionModel (channels
+64/128, one layer per block, cross-attention in both blocks), CLIPTextModel (2 layers, 32 wide) with the
+toy world's word-level CLIP tokenizer, and a DDIM scheduler with SD 1.x's noise schedule. It is saved as
+a diffusers folder in fp16 and opens through the same loader as any SD 1.x model.
+
+Stages (all CPU, deterministic given the seed): render a data set of scenes of the base shapes (never the
+concept shapes), train the VAE (L2 + a small KL), set the latent scaling factor to 1/std of the latents,
+encode the data set once, then train UNet and text encoder together on the latents (10% caption dropout
+for classifier-free guidance). Finally sample and classify: the printed gate is the share of samples
+with the prompted colour and shape.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import toyworld as tw
+
+
+def build_models(vocab_size: int, bos: int, eos: int):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=tw.SIZE, layers_per_block=1,
+        block_out_channels=(16, 32, 64, 64), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=tw.SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=32,
+    )
+    te = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, projection_dim=32,
+    ))
+    return vae, unet, te
+
+
+def caption_for(scene: tw.Scene, rng: random.Random) -> str:
+    u = rng.random()
+    if u < 0.10:
+        return ""
+    if u < 0.30:
+        return f"a {scene.colour} {scene.shape}"
+    return scene.caption()
+
+
+def render_dataset(n: int, seed: int) -> tuple[torch.Tensor, list[tw.Scene]]:
+    rng = random.Random(seed)
+    scenes = [tw.sample_scene(rng) for _ in range(n)]
+    arr = np.stack([np.asarray(tw.render(s), dtype=np.float32) for s in scenes])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return x, scenes
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch: int, seed: int, log) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-4)
+    vae.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        x = images[idx]
+        if torch.rand((), generator=g) < 0.5:
+            x = x.flip(-1)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = 0.5 * (post.mean ** 2 + post.var - 1.0 - post.logvar).mean()
+        loss = F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step:5d} loss {loss.item():.4f} kl {kl.item():.3f}")
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+
+
+def train_unet(unet, te, tokenizer, latents: torch.Tensor, scenes, scheduler, steps: int, batch: int, lr: float,
+               seed: int, log) -> None:
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    warm = min(200, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
+    unet.train(), te.train()
+    n_t = scheduler.config.num_train_timesteps
+    for step in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        z0 = latents[idx]
+        flip = torch.rand(batch, generator=g) < 0.5
+        z0 = torch.where(flip[:, None, None, None], z0.flip(-1), z0)  # a flipped shape is the same shape
+        caps = [caption_for(scenes[i], rng) for i in idx.tolist()]
+        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, n_t, (batch,), generator=g)
+        zt = scheduler.add_noise(z0, noise, t)
+        pred = unet(zt, t, te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"unet step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e}")
+    unet.eval(), te.eval()
+
+
+def gate(pipe, n_per: int = 1, seed: int = 1234, steps: int = 30, cfg: float = 3.0) -> dict:
+    """Sample every (colour, shape, background) prompt ``n_per`` times; classify; return the accuracies."""
+    prompts = [tw.Scene(c, s, b, 0, 0, 0) for c in tw.COLOURS for s in tw.BASE_SHAPES for b in tw.BACKGROUNDS]
+    g = torch.Generator().manual_seed(seed)
+    ok_c = ok_s = total = 0
+    for sc in prompts:
+        out = pipe([sc.caption()] * n_per, num_inference_steps=steps, guidance_scale=cfg, generator=g,
+                   height=tw.SIZE, width=tw.SIZE).images
+        for img in out:
+            r = tw.classify(img, shapes=tw.BASE_SHAPES)
+            ok_c += r.colour == sc.colour
+            ok_s += r.shape == sc.shape
+            total += 1
+    return {"samples": total, "colour_accuracy": ok_c / total, "shape_accuracy": ok_s / total}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="sdlora/assets/default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=6000)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    out = Path(args.out)
+    t0 = time.time()
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+
+    tok_dir = out / "tokenizer"
+    tw.write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    vae, unet, te = build_models(len(tokenizer), bos, eos)
+    log(f"params: vae {sum(p.numel() for p in vae.parameters()):,} unet {sum(p.numel() for p in unet.parameters()):,} "
+        f"text encoder {sum(p.numel() for p in te.parameters()):,}")
+    images, scenes = render_dataset(args.images, args.seed)
+    log(f"rendered {len(images)} images")
+    train_vae(vae, images, args.vae_steps, args.vae_batch, args.seed, log)
+    latents = encode_all(vae, images)
+    scale = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scale)
+    log(f"latents {tuple(latents.shape)} std {latents.std().item():.4f} -> scaling_factor {scale:.5f}")
+    sd1 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+               clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    train_sched = DDPMScheduler(**{k: v for k, v in sd1.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    train_unet(unet, te, tokenizer, latents * scale, scenes, train_sched, args.unet_steps, args.unet_batch, args.lr,
+               args.seed, log)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**sd1), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    result = gate(pipe)
+    log(f"gate: {json.dumps(result)}")
+    pipe.to(torch.float16).save_pretrained(str(out))
+    (out / "PRETRAIN.json").write_text(json.dumps({
+        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
+        "unet_steps": args.unet_steps, "unet_batch": args.unet_batch, "lr": args.lr,
+        "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(), "gate_fp32": result,
+        "shapes": list(tw.BASE_SHAPES), "colours": list(tw.COLOURS), "backgrounds": list(tw.BACKGROUNDS),
+    }, indent=2))
+    (out / "PRETRAIN.log").write_text("\n".join(log_lines) + "\n")
+    log(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
