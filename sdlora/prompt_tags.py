@@ -1,0 +1,81 @@
+"""A1111's adapter syntax in prompts: ``<lora:name:0.8>``, resolved against an adapter folder.
+
+A tag is ``<lora:NAME[:TE[:UNET]][:te=X][:unet=X][:lbw=W]>`` (``<lyco:...>`` too), as A1111 reads it: the
+first number is the text-encoder strength and also the UNet strength unless a second number follows;
+``lbw=`` gives block weights (a preset or a vector, see ``sdlora.blocks``), as the LoRA Block Weight
+extension reads it. Tags are removed from the prompt the model sees. NAME is a file in the adapter folder:
+``NAME``, ``NAME.safetensors``, or any ``NAME.*`` adapter file below it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AdapterFileError, ConfigError
+
+TAG = re.compile(r"<(?:lora|lyco):([^>]+)>")
+ADAPTER_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+
+
+@dataclass
+class Tag:
+    """One ``<lora:...>`` tag of a prompt."""
+
+    name: str
+    te_strength: float
+    strength: float  # UNet
+    block_weights: str | None
+    text: str  # the tag as written
+
+
+def parse_prompt(prompt: str) -> tuple[str, list[Tag]]:
+    """(the prompt without its tags, the tags in order). Raises ConfigError for a malformed tag."""
+    tags = [_parse(m.group(1), m.group(0)) for m in TAG.finditer(prompt)]
+    clean = re.sub(r"[ \t]{2,}", " ", TAG.sub("", prompt)).strip()
+    return clean, tags
+
+
+def _parse(inner: str, text: str) -> Tag:
+    items = [s.strip() for s in inner.split(":")]
+    if not items[0]:
+        raise ConfigError(f"{text}: the tag names no adapter; write <lora:NAME:STRENGTH>")
+    positional = [s for s in items[1:] if "=" not in s]
+    named = dict(s.split("=", 1) for s in items[1:] if "=" in s)
+    try:
+        te = float(positional[0]) if positional else 1.0
+        te = float(named.get("te", te))
+        unet = float(positional[1]) if len(positional) > 1 else te
+        unet = float(named.get("unet", unet))
+    except ValueError:
+        raise ConfigError(f"{text}: strengths must be numbers, e.g. <lora:{items[0]}:0.8>") from None
+    return Tag(items[0], te, unet, named.get("lbw") or named.get("w"), text)
+
+
+def format_tag(name: str, strength: float, te_strength: float, block_weights: str | None = None) -> str:
+    """The A1111 tag for an adapter: ``<lora:name:S>`` or ``<lora:name:TE:UNET>``, plus ``:lbw=...``."""
+    body = f"{name}:{te_strength:g}" if te_strength == strength else f"{name}:{te_strength:g}:{strength:g}"
+    if block_weights:
+        body += f":lbw={block_weights}"
+    return f"<lora:{body}>"
+
+
+def resolve(name: str, lora_dir: str | Path | None) -> Path:
+    """The adapter file a tag names. Raises AdapterFileError saying where it looked."""
+    if lora_dir is None:
+        raise AdapterFileError(f"the prompt names <lora:{name}> but no adapter folder was given; pass "
+                               "--lora-dir DIR (lora_dir= in Python)")
+    folder = Path(lora_dir).expanduser()
+    if not folder.is_dir():
+        raise AdapterFileError(f"--lora-dir {folder}: no such folder")
+    for candidate in (folder / name, folder / f"{name}.safetensors"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(p for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES and p.stem == Path(name).name)
+    if found:
+        return found[0]
+    known = sorted(p.stem for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES)
+    shown = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
+    raise AdapterFileError(f"<lora:{name}> is not found: no {name}.safetensors in {folder} "
+                           f"(it holds: {shown or 'no adapter files'}). Check the name, or pass --lora-dir with "
+                           "the folder that holds it")

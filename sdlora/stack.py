@@ -1,0 +1,283 @@
+"""An adapter stack on a base model: add, re-weight, remove, fuse and unfuse adapters.
+
+    model = open_model("base.safetensors", tokenizer="tok/")
+    stack = AdapterStack(model)
+    stack.add("style.safetensors", strength=0.8)                  # name "style"
+    stack.add("face.safetensors", strength=0.6, te_strength=0.3, block_weights="OUTD")
+    stack.set_strength("style", 0.5)
+    stack.fuse()     # fold every active adapter into the weights: generation runs at base speed
+    stack.unfuse()   # the base weights again, bit for bit
+
+Each adapter module's strength is its adapter's strength (``te_strength`` for text-encoder modules) times
+its block weight (``sdlora.blocks``). Bypass mode (the default) leaves the weights untouched: each module
+adds its output in a forward hook; adapters at strength 0 are disabled and cost nothing. Fused mode keeps ONE
+backup of every base layer any adapter touches and writes W' = fold(W, active adapters on the layer) into
+it; ``unfuse`` copies the backups back. Changing a strength touches only that adapter's modules (and, when
+fused, refolds only the layers they sit on): O(its modules), independent of how many adapters are loaded.
+Both modes give the same outputs within fp32 tolerance; ``fold_weight`` is also what ``sdlora.bake`` uses,
+so a baked checkpoint holds exactly the fused weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import blocks, files
+from .adapters import AdapterFile, LoadReport, load_adapter
+from .errors import AdapterFileError
+from .models import BaseModel
+from .networks import AdapterModule, Network
+
+Tensor = torch.Tensor
+_KEEP: Any = object()  # "leave unchanged" for optional arguments of set_strength
+
+
+def _bias_delta(module: AdapterModule) -> Tensor | None:
+    """The module's bias delta at strength 1 (``diff_b`` or a norm's ``b_norm``), or None."""
+    d = getattr(module, "diff_b", None)
+    return d if d is not None else getattr(module, "b_norm", None)
+
+
+def fold_weight(weight: Tensor, modules: Sequence[AdapterModule]) -> Tensor:
+    """W' = ``modules`` applied in order at their current multipliers, computed in float32 and cast back to
+    ``weight``'s dtype. ``weight``: (out, in) or (out, in, kh, kw) (or a norm's (C,))."""
+    w = weight.float()
+    for m in modules:
+        w = m.merged_weight(w)
+    return w.to(weight.dtype)
+
+
+def fold_bias(bias: Tensor, modules: Sequence[AdapterModule]) -> Tensor:
+    """b' = b + Σ m·Δb over the modules that carry a bias delta (in float32, cast back). ``bias``: (out,)."""
+    b = bias.float()
+    for m in modules:
+        d = _bias_delta(m)
+        if d is not None:
+            b = b + m.multiplier * d.float().to(b.device)
+    return b.to(bias.dtype)
+
+
+@dataclass
+class Adapter:
+    """One adapter in a stack: its file, network and strengths."""
+
+    name: str
+    path: str
+    network: Network
+    report: LoadReport
+    strength: float = 1.0
+    te_strength: float | None = None  # None: the same as strength
+    block_weights: dict[str, float] | None = None
+    block_spec: str | None = None  # as the user gave it (preset name or vector)
+    short_hash: str = ""
+    _factors: list[tuple[AdapterModule, str, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def effective_te_strength(self) -> float:
+        return self.strength if self.te_strength is None else self.te_strength
+
+    def modules(self) -> list[AdapterModule]:
+        return list(self.network.values())
+
+
+@dataclass
+class _Layer:
+    layer: nn.Module
+    modules: list[tuple[str, AdapterModule]] = field(default_factory=list)  # (adapter name, module), in order
+    backup: dict[str, Tensor] | None = None
+
+
+class AdapterStack:
+    """Adapters on one ``BaseModel`` (see the module docstring). ``model.stack`` points back here, so
+    ``sdlora.generate`` can name the adapters in the PNG parameters."""
+
+    def __init__(self, model: BaseModel, *, strict: bool = True):
+        if getattr(model, "stack", None) is not None and len(model.stack):
+            raise AdapterFileError("this model already has an adapter stack with adapters; use model.stack, or "
+                                   "call model.stack.clear() first")
+        self.model = model
+        self.strict = strict
+        self.adapters: dict[str, Adapter] = {}
+        self.fused = False
+        self._layers: dict[int, _Layer] = {}
+        model.stack = self
+
+    # -------------------------------------------------------------- contents
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.adapters
+
+    def __iter__(self) -> Iterator[Adapter]:
+        return iter(list(self.adapters.values()))
+
+    def __getitem__(self, name: str) -> Adapter:
+        try:
+            return self.adapters[name]
+        except KeyError:
+            raise AdapterFileError(f"no adapter named {name!r} in the stack (it holds: "
+                                   f"{', '.join(self.adapters) or 'nothing'})") from None
+
+    def active(self) -> list[Adapter]:
+        """Adapters with a non-zero strength on any module."""
+        return [a for a in self.adapters.values() if any(m.enabled for m, _, _ in a._factors)]
+
+    # ------------------------------------------------------------------ add
+    def add(self, source: str | Path | AdapterFile, *, name: str | None = None, strength: float = 1.0,
+            te_strength: float | None = None, block_weights: str | Sequence[float] | None = None,
+            strict: bool | None = None) -> Adapter:
+        """Load an adapter file onto the model at ``strength`` (``te_strength`` for the text encoders, default
+        the same) with optional block weights (a vector or preset, see ``sdlora.blocks``). ``name`` defaults
+        to the file name without extension. Raises AdapterFileError for a file that does not fit the model
+        (strict: any unmatched key); the model is then unchanged."""
+        path = source.path if isinstance(source, AdapterFile) else str(source)
+        name = name or Path(path).stem
+        if name in self.adapters:
+            raise AdapterFileError(f"an adapter named {name!r} is already in the stack; remove it first or give "
+                                   "another name")
+        bw = blocks.parse_block_weights(block_weights, self.model.family) if block_weights is not None else None
+        network, report = load_adapter(source, self.model.components(), self.model.family,
+                                       strict=self.strict if strict is None else strict, attach=False)
+        network.to(self.model.unet.device)
+        short = files.short_hash(path) if Path(path).is_file() else ""
+        spec = block_weights if block_weights is None or isinstance(block_weights, str) else \
+            ",".join(f"{float(v):g}" for v in block_weights)
+        adapter = Adapter(name, path, network, report, float(strength), _opt_float(te_strength), bw, spec, short)
+        adapter._factors = self._factors(adapter)
+        self.adapters[name] = adapter
+        for _, _, module in network.items_by_module():
+            self._layers.setdefault(id(module.base), _Layer(module.base)).modules.append((name, module))
+        self._apply(adapter)
+        if not self.fused:
+            network.attach()
+        return adapter
+
+    def _factors(self, adapter: Adapter) -> list[tuple[AdapterModule, str, float]]:
+        """(module, component, block weight) for every module of the adapter."""
+        cfg = self.model.unet.config
+        out = []
+        for component, path, module in adapter.network.items_by_module():
+            w = 1.0 if adapter.block_weights is None else \
+                blocks.module_weight(adapter.block_weights, component, path, cfg)
+            out.append((module, component, w))
+        return out
+
+    # ------------------------------------------------------------- strengths
+    def set_strength(self, name: str, strength: float | None = None, *, te_strength: Any = _KEEP,
+                     block_weights: Any = _KEEP) -> Adapter:
+        """Change one adapter's strength, text-encoder strength (None: follow ``strength``) and/or block
+        weights (None: none). Touches only this adapter's modules (and, when fused, their layers)."""
+        adapter = self[name]
+        if strength is not None:
+            adapter.strength = float(strength)
+        if te_strength is not _KEEP:
+            adapter.te_strength = _opt_float(te_strength)
+        if block_weights is not _KEEP:
+            adapter.block_weights = None if block_weights is None else \
+                blocks.parse_block_weights(block_weights, self.model.family)
+            adapter.block_spec = block_weights if block_weights is None or isinstance(block_weights, str) else \
+                ",".join(f"{float(v):g}" for v in block_weights)
+            adapter._factors = self._factors(adapter)
+        self._apply(adapter)
+        return adapter
+
+    def _apply(self, adapter: Adapter) -> None:
+        """Set every module's multiplier; refold its layers when fused."""
+        for module, component, w in adapter._factors:
+            base = adapter.strength if component == "unet" else adapter.effective_te_strength
+            module.multiplier = base * w
+            module.enabled = module.multiplier != 0.0
+        if self.fused:
+            self._refold({id(m.base) for m in adapter.modules()})
+
+    # ---------------------------------------------------------------- remove
+    def remove(self, name: str) -> None:
+        """Take an adapter off the model; its layers get their base weights back (bit for bit)."""
+        adapter = self[name]
+        touched = {id(m.base) for m in adapter.modules()}
+        adapter.network.detach()
+        del self.adapters[name]
+        for key in touched:
+            layer = self._layers[key]
+            layer.modules = [(n, m) for n, m in layer.modules if n != name]
+        if self.fused:
+            self._refold(touched)
+        for key in touched:
+            if not self._layers[key].modules and self._layers[key].backup is None:
+                del self._layers[key]
+
+    def clear(self) -> None:
+        """Remove every adapter."""
+        for name in list(self.adapters):
+            self.remove(name)
+
+    # ------------------------------------------------------------------ fuse
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold every active adapter into the base weights (one backup per touched layer); hooks come off."""
+        if self.fused:
+            return
+        for adapter in self.adapters.values():
+            adapter.network.detach()
+        self.fused = True
+        self._refold(set(self._layers))
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """Restore every base weight exactly and go back to bypass mode."""
+        if not self.fused:
+            return
+        for key, layer in list(self._layers.items()):
+            self._restore(layer)
+            if not layer.modules:
+                del self._layers[key]
+        self.fused = False
+        for adapter in self.adapters.values():
+            adapter.network.attach()
+
+    @torch.no_grad()
+    def _refold(self, keys: set[int]) -> None:
+        for key in keys:
+            layer = self._layers.get(key)
+            if layer is None:
+                continue
+            live = [m for _, m in layer.modules if m.enabled]
+            if not live:
+                self._restore(layer)
+                continue
+            base = layer.layer
+            if layer.backup is None:
+                layer.backup = {"weight": base.weight.detach().clone()}
+                if getattr(base, "bias", None) is not None:
+                    layer.backup["bias"] = base.bias.detach().clone()
+            base.weight.copy_(fold_weight(layer.backup["weight"], live))
+            if "bias" in layer.backup:
+                base.bias.copy_(fold_bias(layer.backup["bias"], live))
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore(layer: _Layer) -> None:
+        if layer.backup is None:
+            return
+        for attr, saved in layer.backup.items():
+            getattr(layer.layer, attr).copy_(saved)
+        layer.backup = None
+
+    # --------------------------------------------------------------- reports
+    def describe(self) -> list[dict[str, Any]]:
+        """Per adapter (strength 0 included): name, path, strength, te_strength, block weights, short hash."""
+        out = []
+        for a in self.adapters.values():
+            out.append(dict(name=a.name, path=a.path, strength=a.strength, te_strength=a.effective_te_strength,
+                            block_weights=a.block_spec, short_hash=a.short_hash))
+        return out
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,159 @@
+"""Streaming safetensors IO for whole models: write a file tensor by tensor, read one lazily.
+
+A base model is gigabytes; saving or baking it must not hold a second copy in memory. ``write_streamed``
+writes the safetensors header first (it only needs each tensor's name, dtype and shape) and then asks a
+producer for each tensor in turn, so at most one output tensor exists at a time. ``LazyFile`` reads a
+safetensors file one tensor at a time (``safe_open``). Both sides are atomic: a temporary file (or folder)
+beside the target is renamed over it only when complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import ModelError
+from .files import atomic_path
+
+ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in ST_DTYPES.items()}
+
+
+@dataclass
+class Item:
+    """One tensor to write: its name, dtype and shape up front, its data from ``produce()`` later."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= int(s)
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _header(items: list[Item], metadata: dict[str, str] | None) -> bytes:
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for item in items:
+        if item.dtype not in ST_DTYPES:
+            raise ModelError(f"cannot write tensor {item.name} of dtype {item.dtype} to safetensors")
+        header[item.name] = {"dtype": ST_DTYPES[item.dtype], "shape": list(item.shape),
+                             "data_offsets": [offset, offset + item.nbytes]}
+        offset += item.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().to("cpu").contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def write_streamed(path: str | Path, items: Iterable[Item], metadata: dict[str, str] | None = None) -> str:
+    """Write ``items`` as one safetensors file, atomically, producing one tensor at a time.
+
+    Each produced tensor must have the item's shape; it is cast to the item's dtype. Returns the sha256 hex
+    of the whole file (A1111's model hash is its first 10 digits)."""
+    items = list(items)
+    names = [i.name for i in items]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names in a streamed write")
+    head = _header(items, metadata)
+    digest = hashlib.sha256()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            digest.update(head)
+            for item in items:
+                t = item.produce()
+                if tuple(t.shape) != tuple(item.shape):
+                    raise ValueError(f"{item.name}: produced shape {tuple(t.shape)}, announced {item.shape}")
+                data = _tensor_bytes(t.to(item.dtype))
+                f.write(data)
+                digest.update(data)
+                del t, data
+    return digest.hexdigest()
+
+
+class LazyFile:
+    """A safetensors file read one tensor at a time: names, shapes, dtypes and metadata without the data."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._f = safe_open(str(self.path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelError(f"{self.path}: not a readable safetensors file ({exc}); check the path, or "
+                             "download or save the model again") from None
+        self.metadata: dict[str, str] = dict(self._f.metadata() or {})
+        self.keys: list[str] = list(self._f.keys())
+        self._set = set(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._set
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._f.get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        return TORCH_DTYPES.get(self._f.get_slice(key).get_dtype(), torch.float32)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._f.get_tensor(key)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex of a whole file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` (an existing
+    folder is moved aside first and removed after). On error the temporary folder is removed and ``target``
+    is untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

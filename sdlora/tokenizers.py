@@ -1,0 +1,103 @@
+"""CLIP tokenizers for base models, found offline.
+
+A single-file checkpoint holds no tokenizer. ``find_tokenizers`` takes it, in this order, from
+1. a path the user names: a folder with ``vocab.json`` + ``merges.txt`` (used for every text encoder), or a
+   diffusers model folder (``tokenizer/`` and, for SDXL, ``tokenizer_2/``);
+2. the local Hugging Face cache (never downloaded): ``openai/clip-vit-large-patch14`` for SD1 and SDXL's
+   first encoder; ``stabilityai/stable-diffusion-2-1[-base]`` (tokenizer/) for SD2, and
+   ``stabilityai/stable-diffusion-xl-base-1.0`` (tokenizer_2/) or ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``
+   for SDXL's second encoder, falling back to the CLIP-L files. SD2 and SDXL's second encoder pad with "!"
+   as their reference pipelines do; a user's folder is used exactly as it is.
+Otherwise a ModelError says how to provide one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+CLIP_L = "openai/clip-vit-large-patch14"
+# (repo, subfolder, pad token to force or None)
+_CACHE: dict[str, list[tuple[str, str, str | None]]] = {
+    "clip-l": [(CLIP_L, "", None)],
+    "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer", None),
+            ("stabilityai/stable-diffusion-2-1-base", "tokenizer", None), (CLIP_L, "", "!")],
+    "sdxl-2": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2", None),
+               ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "", "!"), (CLIP_L, "", "!")],
+}
+
+
+def _is_tokenizer_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+                              or (path / "tokenizer.json").is_file())
+
+
+def load_tokenizer(folder: str | Path, *, pad_token: str | None = None, max_length: int = 77) -> Any:
+    """A CLIPTokenizer from a local folder (never the network). A folder without a tokenizer_config.json
+    gets CLIP's 77-token limit (``max_length``) instead of transformers' unbounded default."""
+    from transformers import CLIPTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if pad_token is not None:
+        kwargs["pad_token"] = pad_token
+    try:
+        tok = CLIPTokenizer.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot be read as a CLIP tokenizer ({exc}); it needs vocab.json and "
+                         "merges.txt") from None
+    if not tok.model_max_length or tok.model_max_length > 100_000:
+        tok.model_max_length = max_length
+    return tok
+
+
+def _from_cache(kind: str) -> tuple[Path, str | None] | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo, sub, pad in _CACHE[kind]:
+        name = f"{sub}/vocab.json" if sub else "vocab.json"
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and (Path(found).parent / "merges.txt").is_file():
+            return Path(found).parent, pad
+    return None
+
+
+def cache_hint() -> str:
+    """Where the Hugging Face cache keeps the CLIP-L tokenizer on this machine."""
+    from huggingface_hub import constants
+
+    return str(Path(constants.HF_HUB_CACHE) / ("models--" + CLIP_L.replace("/", "--")))
+
+
+def missing_message(what: str) -> str:
+    return (f"{what} needs a CLIP tokenizer and none was found (a single-file checkpoint holds none). "
+            "Give one with --tokenizer DIR (tokenizer=DIR in Python): a folder with vocab.json and merges.txt, "
+            "or a diffusers model folder with a tokenizer/ subfolder; or put openai/clip-vit-large-patch14 "
+            f"in the Hugging Face cache ({cache_hint()}), e.g. with `huggingface-cli download "
+            "openai/clip-vit-large-patch14` on a machine with internet access, then copy the cache over.")
+
+
+def find_tokenizers(family: str, path: str | Path | None = None, *, what: str = "this model",
+                    max_length: int = 77) -> list[Any]:
+    """[tokenizer] for SD1/SD2, [tokenizer, tokenizer_2] for SDXL, from ``path`` or the local cache."""
+    count = 2 if family == "sdxl" else 1
+    if path is not None:
+        path = Path(path).expanduser()
+        if _is_tokenizer_dir(path / "tokenizer"):
+            first = load_tokenizer(path / "tokenizer", max_length=max_length)
+            second = path / "tokenizer_2"
+            rest = [load_tokenizer(second, max_length=max_length) if _is_tokenizer_dir(second) else first]
+            return [first, *rest][:count]
+        if _is_tokenizer_dir(path):
+            tok = load_tokenizer(path, max_length=max_length)
+            return [tok] * count
+        raise ModelError(f"{path}: no tokenizer there (no vocab.json and merges.txt, and no tokenizer/ "
+                         "subfolder). Point --tokenizer at a CLIP tokenizer folder or a diffusers model folder.")
+    kinds = ["sd2"] if family == "sd2" else ["clip-l", "sdxl-2"][:count]
+    out = []
+    for kind in kinds:
+        found = _from_cache(kind)
+        if found is None:
+            raise ModelError(missing_message(what))
+        out.append(load_tokenizer(found[0], pad_token=found[1], max_length=max_length))
+    return out
