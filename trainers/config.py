@@ -37,6 +37,8 @@ def _opt(default: Any = None, *, choices: tuple | None = None, min: float | None
 class ModelSection:
     path: str = _opt("", doc="diffusers model folder or single checkpoint file")
     prediction_type: str = _opt("", choices=("", "epsilon", "v_prediction"), doc="empty: from the model")
+    tokenizer: str = _opt("", doc="tokenizer folder for a single file without one (empty: shipped/embedded)")
+    config: str = _opt("", doc="single files: a shipped config name (sd15, sd21, sd2-base, sdxl) or a folder")
     clip_skip: int = _opt(1, min=1, max=12)
     attention: str = _opt("sdpa", choices=("sdpa", "xformers"))
     vae_dtype: str = _opt("fp32", choices=("fp32", "fp16", "bf16"))
@@ -181,6 +183,7 @@ class SampleSection:
     height: int = _opt(0, min=0)
     seed: int = _opt(0, min=0)
     negative: str = _opt("")
+    sampler: str = _opt("euler a", doc="a sampler name of sdlora generate")
 
 
 @dataclass
@@ -404,6 +407,9 @@ def _resolve(base: Path, value: str) -> str:
 
 def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
     cfg.model.path = _resolve(base, cfg.model.path)
+    cfg.model.tokenizer = _resolve(base, cfg.model.tokenizer)
+    if cfg.model.config and ("/" in cfg.model.config or "\\" in cfg.model.config):
+        cfg.model.config = _resolve(base, cfg.model.config)
     cfg.dataset.path = _resolve(base, cfg.dataset.path)
     cfg.dataset.reg_path = _resolve(base, cfg.dataset.reg_path)
     for s in cfg.dataset.subsets:

@@ -109,7 +109,8 @@ class Trainer:
         self.log("buckets:\n" + buckets.report(self.dataset))
 
         # model and network
-        self.model = model or open_model(cfg.model.path, prediction_type=cfg.model.prediction_type or None)
+        self.model = model or open_model(cfg.model.path, prediction_type=cfg.model.prediction_type or None,
+                                         tokenizer=cfg.model.tokenizer or None, config=cfg.model.config or None)
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
         self.weight_dtype = _DTYPES[t.mixed_precision]
         self._prepare_model()
@@ -501,7 +502,7 @@ class Trainer:
             return []
         from .samples import generate
 
-        out = generate(self.model.pipe, self.network, self.prompts, self.cfg.output_dir / "samples",
+        out = generate(self.model, self.network, self.prompts, self.cfg.output_dir / "samples",
                        f"step{self.step:06d}")
         if monitor is not None:
             monitor.images(self.step, out)
