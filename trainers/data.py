@@ -278,6 +278,7 @@ def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
     dataset = Dataset(subsets, items, report)
     if not dataset.train_items():
         where = ", ".join(str(s.path) for s in subsets if not s.is_reg) or "the dataset"
-        detail = f"; skipped: {report.format()}" if report.skipped else ""
+        detail = "".join(f"\n  {p}: {why}" for p, why in report.skipped[:20])
+        detail = f"; every image was skipped:{detail}" if detail else ""
         raise DatasetError(f"no usable training image in {where}{detail}")
     return dataset
