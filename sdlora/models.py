@@ -376,11 +376,11 @@ def load_state_dicts(plan: SingleFilePlan, dtype: torch.dtype | None = None,
             continue
         for part, t in zip(entry.parts, tensors):
             out[entry.component][part] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    _raise_missing(plan, missing, total, bad)
+    raise_missing(plan, missing, total, bad)
     return out
 
 
-def _raise_missing(plan: SingleFilePlan, missing: dict[str, list[str]], total: dict[str, int],
+def raise_missing(plan: SingleFilePlan, missing: dict[str, list[str]], total: dict[str, int],
                    bad: list[str]) -> None:
     where = f"{plan.file.path}"
     fam = FAMILY_NAMES[plan.family]
@@ -555,7 +555,7 @@ def write_folder_configs(folder: Path, family: str, cfgs: dict[str, dict], toks:
     sched = dict(cfgs.get("scheduler", {}), prediction_type=prediction_type)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2, sort_keys=True))
     for i, tok in enumerate(toks[: 2 if te2 else 1]):
-        tok.save_pretrained(str(folder / ("tokenizer" if i == 0 else "tokenizer_2")))
+        tokenizers.save_tokenizer(tok, folder / ("tokenizer" if i == 0 else "tokenizer_2"))
 
 
 def _diffusers_version() -> str:

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from . import blocks, files
 from .adapters import AdapterFile, LoadReport, load_adapter
-from .errors import AdapterFileError
+from .errors import AdapterFileError, ConfigError
 from .models import BaseModel
 from .networks import AdapterModule, Network
 
@@ -60,6 +60,64 @@ def fold_bias(bias: Tensor, modules: Sequence[AdapterModule]) -> Tensor:
         if d is not None:
             b = b + m.multiplier * d.float().to(b.device)
     return b.to(bias.dtype)
+
+
+@dataclass
+class AdapterSpec:
+    """An adapter to apply: its file, strength, text-encoder strength (None: same) and block weights."""
+
+    path: str | Path
+    strength: float = 1.0
+    te_strength: float | None = None
+    block_weights: str | Sequence[float] | None = None
+
+
+def parse_adapter_arg(text: str) -> AdapterSpec:
+    """``FILE[:STRENGTH[:TE_STRENGTH]][:lbw=WEIGHTS]`` (the CLI's ``--lora``) -> AdapterSpec. Fields are
+    taken from the right, so a path may itself hold colons. Raises ConfigError for a bad number."""
+    parts = text.split(":")
+    options: list[str] = []
+    while len(parts) > 1 and len(options) < 3 and (_is_number(parts[-1]) or "=" in parts[-1]):
+        options.insert(0, parts.pop())
+    path = ":".join(parts)
+    if not path:
+        raise ConfigError(f"--lora {text!r}: give FILE[:STRENGTH[:TE_STRENGTH]][:lbw=WEIGHTS]")
+    numbers = [float(o) for o in options if "=" not in o]
+    named = dict(o.split("=", 1) for o in options if "=" in o)
+    unknown = set(named) - {"lbw", "te"}
+    if unknown or len(numbers) > 2:
+        raise ConfigError(f"--lora {text!r}: give FILE[:STRENGTH[:TE_STRENGTH]][:lbw=WEIGHTS]")
+    strength = numbers[0] if numbers else 1.0
+    try:
+        te = numbers[1] if len(numbers) > 1 else (float(named["te"]) if "te" in named else None)
+    except ValueError:
+        raise ConfigError(f"--lora {text!r}: te= takes a number") from None
+    return AdapterSpec(path, strength, te, named.get("lbw"))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def module_multiplier(component: str, strength: float, te_strength: float | None, block_weight: float) -> float:
+    """A module's strength: the adapter's strength (``te_strength`` for text-encoder modules, None: the
+    same) times the module's block weight."""
+    base = strength if component == "unet" or te_strength is None else te_strength
+    return base * block_weight
+
+
+def block_factors(network: Network, block_weights: dict[str, float] | None, unet_config: Any
+                  ) -> list[tuple[AdapterModule, str, float]]:
+    """(module, component, block weight) for every module of ``network`` (weight 1 without block weights)."""
+    out = []
+    for component, path, module in network.items_by_module():
+        w = 1.0 if block_weights is None else blocks.module_weight(block_weights, component, path, unet_config)
+        out.append((module, component, w))
+    return out
 
 
 @dataclass
@@ -149,7 +207,7 @@ class AdapterStack:
         spec = block_weights if block_weights is None or isinstance(block_weights, str) else \
             ",".join(f"{float(v):g}" for v in block_weights)
         adapter = Adapter(name, path, network, report, float(strength), _opt_float(te_strength), bw, spec, short)
-        adapter._factors = self._factors(adapter)
+        adapter._factors = block_factors(network, bw, self.model.unet.config)
         self.adapters[name] = adapter
         for _, _, module in network.items_by_module():
             self._layers.setdefault(id(module.base), _Layer(module.base)).modules.append((name, module))
@@ -157,16 +215,6 @@ class AdapterStack:
         if not self.fused:
             network.attach()
         return adapter
-
-    def _factors(self, adapter: Adapter) -> list[tuple[AdapterModule, str, float]]:
-        """(module, component, block weight) for every module of the adapter."""
-        cfg = self.model.unet.config
-        out = []
-        for component, path, module in adapter.network.items_by_module():
-            w = 1.0 if adapter.block_weights is None else \
-                blocks.module_weight(adapter.block_weights, component, path, cfg)
-            out.append((module, component, w))
-        return out
 
     # ------------------------------------------------------------- strengths
     def set_strength(self, name: str, strength: float | None = None, *, te_strength: Any = _KEEP,
@@ -183,15 +231,14 @@ class AdapterStack:
                 blocks.parse_block_weights(block_weights, self.model.family)
             adapter.block_spec = block_weights if block_weights is None or isinstance(block_weights, str) else \
                 ",".join(f"{float(v):g}" for v in block_weights)
-            adapter._factors = self._factors(adapter)
+            adapter._factors = block_factors(adapter.network, adapter.block_weights, self.model.unet.config)
         self._apply(adapter)
         return adapter
 
     def _apply(self, adapter: Adapter) -> None:
         """Set every module's multiplier; refold its layers when fused."""
         for module, component, w in adapter._factors:
-            base = adapter.strength if component == "unet" else adapter.effective_te_strength
-            module.multiplier = base * w
+            module.multiplier = module_multiplier(component, adapter.strength, adapter.te_strength, w)
             module.enabled = module.multiplier != 0.0
         if self.fused:
             self._refold({id(m.base) for m in adapter.modules()})

@@ -12,6 +12,7 @@ Otherwise a ModelError says how to provide one.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,19 @@ def find_tokenizers(family: str, path: str | Path | None = None, *, what: str = 
             raise ModelError(missing_message(what))
         out.append(load_tokenizer(found[0], pad_token=found[1], max_length=max_length))
     return out
+
+
+def save_tokenizer(tok: Any, folder: str | Path) -> None:
+    """Save a tokenizer so that both transformers 4 (slow CLIPTokenizer: vocab.json + merges.txt) and 5
+    (tokenizer.json) read it."""
+    folder = Path(folder)
+    tok.save_pretrained(str(folder))
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return
+    model = json.loads(backend.to_str())["model"]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))

@@ -1,0 +1,105 @@
+"""`sdlora generate --model M --prompt P [--lora FILE[:S[:TE]]]... --out DIR`: images with adapters, or a
+strength sweep grid (`--sweep 0,0.5,1`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import files, samplers
+from ..errors import ConfigError
+from ..generate import generate, next_index, save_png, sweep
+from ..models import open_model
+from ..stack import AdapterStack, parse_adapter_arg
+
+
+def add_model_args(p) -> None:
+    """--model and the options that say how to open it (shared with `bake`)."""
+    p.add_argument("--model", required=True, help="base model: a diffusers folder or a single .safetensors file")
+    p.add_argument("--tokenizer", metavar="DIR", help="CLIP tokenizer folder (vocab.json + merges.txt) or a "
+                   "diffusers folder with tokenizer/; needed for single files unless the HF cache has one")
+    p.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="override the detected model family")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "v"),
+                   help="override the detected prediction type (SD2 768-v models are v_prediction)")
+    p.add_argument("--config", metavar="NAME|DIR", help="configs for a single file: sd15, sd21, sd2-base, sdxl or a "
+                   "diffusers-layout config folder (default: embedded or detected)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:TE_STRENGTH]][:lbw=W]",
+                   help="adapter with its strength, optional text-encoder strength and block weights "
+                   "(17/26 values for SD1/SD2, 12/20 for SDXL, or a preset such as OUTD); repeatable")
+    p.add_argument("--no-strict", action="store_true", help="apply adapters that partly fit (unmatched keys warn)")
+
+
+def _parse_sweep(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {text!r}: give comma-separated strengths, e.g. 0,0.25,0.5,0.75,1") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def run(args) -> int:
+    samplers.label(args.sampler)  # fail on a bad name before loading anything
+    strengths = _parse_sweep(args.sweep)
+    specs = [parse_adapter_arg(s) for s in args.lora]
+    device = _device(args.device)
+    dtype = None if args.dtype == "auto" else files.parse_dtype(args.dtype)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = open_model(args.model, family=args.family, prediction_type=args.prediction_type, dtype=dtype,
+                       tokenizer=args.tokenizer, config=args.config)
+    model.pipe.to(device)
+    stack = AdapterStack(model, strict=not args.no_strict)
+    for spec in specs:
+        stack.add(spec.path, strength=spec.strength, te_strength=spec.te_strength, block_weights=spec.block_weights)
+    if args.mode == "fused":
+        stack.fuse()
+    common = dict(negative_prompt=args.negative_prompt, seed=args.seed, count=args.count, steps=args.steps,
+                  cfg=args.cfg, sampler=args.sampler, width=args.width, height=args.height, lora_dir=args.lora_dir,
+                  progress=not args.quiet)
+    out = Path(args.out)
+    index = next_index(out)
+    if args.sweep or args.sweep_lora:
+        grid = sweep(model, args.prompt, strengths, adapter=args.sweep_lora, **common)
+        path = save_png(grid, out / f"{index:05d}-sweep-{grid.seed}.png")
+        print(path)
+        return 0
+    for i, image in enumerate(generate(model, args.prompt, **common)):
+        print(save_png(image, out / f"{index + i:05d}-{image.seed}.png"))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate images with a base model and stacked adapters",
+                       description="Text-to-image with adapters. A1111 prompt syntax <lora:NAME:0.8> loads NAME "
+                       "from --lora-dir. PNGs carry A1111 'parameters' text (prompt, settings, adapter strengths "
+                       "and hashes). --sweep renders a labelled grid: strengths across, seeds down.")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--lora-dir", metavar="DIR", help="folder where <lora:NAME> prompt tags are looked up")
+    p.add_argument("--seed", type=int, default=-1, help="first seed; image i uses seed+i (-1: random)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    p.add_argument("--sampler", default="euler a", help=f"one of: {', '.join(samplers.sampler_names())}")
+    p.add_argument("--width", type=int, help="default: the model's native size")
+    p.add_argument("--height", type=int)
+    p.add_argument("--count", type=int, default=1, help="images (sweep: rows of seeds)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    p.add_argument("--sweep", metavar="S1,S2,...", help="render a grid over these adapter strengths")
+    p.add_argument("--sweep-lora", metavar="NAME", help="sweep only this adapter (default: all)")
+    p.add_argument("--mode", choices=("bypass", "fused"), default="bypass",
+                   help="bypass: adapters run beside the weights; fused: folded in (base speed)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
