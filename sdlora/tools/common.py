@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +134,7 @@ class Source:
 
     path: str
     file: AdapterFile
-    modules: dict[Key, dict[str, Tensor]]  # {canonical suffix: tensor}; PEFT alphas from metadata added
+    modules: dict[Key, dict[str, Tensor]]  # {canonical suffix: tensor} (PEFT: alpha from the metadata)
     names: dict[Key, str]  # module name as written in the file
     dialect: str  # "kohya" | "lycoris" | "peft"
     unet_names: str | None  # "sgm" | "diffusers" for kohya UNet names, else None
@@ -188,12 +187,9 @@ def resolve(af: AdapterFile, ref: Reference) -> Source:
                 else "it was made for another model")
         raise AdapterFileError(f"{af.path}: {len(missing)} modules match no layer of the {FAMILY_NAMES[ref.family]} "
                                f"reference ({ref.source}), e.g. {', '.join(missing[:3])}; {hint}")
-    dialects = collections.Counter(_dialect(n) for n in names.values())
+    dialects = collections.Counter(dialect_of(n) for n in names.values())
     dialect = dialects.most_common(1)[0][0] if dialects else "kohya"
-    src = Source(af.path, af, modules, names, dialect, _unet_style(names, ref), ref)
-    if "peft" in dialects:
-        _add_peft_alphas(src)
-    return src
+    return Source(af.path, af, modules, names, dialect, _unet_style(names, ref), ref)
 
 
 def read_source(path: str | Path, family: str | None = None, model: ModelLike = None,
@@ -208,7 +204,7 @@ def read_source(path: str | Path, family: str | None = None, model: ModelLike = 
     return resolve(af, ref)
 
 
-def _dialect(name: str) -> str:
+def dialect_of(name: str) -> str:
     """The naming dialect of a module name as written (prefix test only; keys.py does the real parsing)."""
     if name.startswith("lycoris_"):
         return "lycoris"
@@ -218,7 +214,7 @@ def _dialect(name: str) -> str:
 def _unet_style(names: dict[Key, str], ref: Reference) -> str | None:
     votes = collections.Counter()
     for key, name in names.items():
-        if key[0] == "unet" and _dialect(name) == "kohya":
+        if key[0] == "unet" and dialect_of(name) == "kohya":
             for style in UNET_NAMES:
                 try:
                     if name == kohya_unet_name(key[1], style, ref.unet_config):
@@ -226,29 +222,6 @@ def _unet_style(names: dict[Key, str], ref: Reference) -> str | None:
                 except ValueError:
                     pass
     return votes.most_common(1)[0][0] if votes else None
-
-
-def _add_peft_alphas(src: Source) -> None:
-    """PEFT files keep alpha in diffusers' ``lora_adapter_metadata`` (lora_alpha / alpha_pattern per
-    component): put it back as each module's ``alpha`` so γ is the file's, not 1."""
-    raw = src.file.metadata.get("lora_adapter_metadata")
-    if not raw:
-        return
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return
-    for key, tensors in src.modules.items():
-        if "alpha" in tensors or _dialect(src.names[key]) != "peft" or "lora_down.weight" not in tensors:
-            continue
-        prefix = keys.PEFT_PREFIX[key[0]]
-        inner = keys.peft_name(*key).split(".", 1)[1]
-        pattern = meta.get(f"{prefix}.alpha_pattern") or {}
-        alpha = pattern.get(inner, pattern.get(keys.normalize_module_path(key[0], inner)))
-        if alpha is None:
-            alpha = meta.get(f"{prefix}.lora_alpha")
-        if alpha is not None:
-            tensors["alpha"] = torch.tensor(float(alpha), dtype=tensors["lora_down.weight"].dtype)
 
 
 # -------------------------------------------------------------------------------------------- deltas
@@ -307,7 +280,7 @@ def module_delta(layer: nn.Module, tensors: dict[str, Tensor], *, dora: str = "f
         return Delta(module.merged_weight(base, 1.0) - base, bias, gamma=float(module.scale))
 
 
-def _dora_shape(mag: Tensor, weight: Tensor) -> tuple[int, ...]:
+def dora_shape(mag: Tensor, weight: Tensor) -> tuple[int, ...]:
     """PEFT's lora_magnitude_vector is (out,): the row-norm form is (out, 1[, 1, 1])."""
     if mag.dim() == 1:
         return (mag.shape[0], *[1] * (weight.dim() - 1))
@@ -442,7 +415,7 @@ def lora_module(layer: nn.Module, delta: Delta, rank: int | None, energy: float 
     target = delta.weight.double()
     fit = ModuleFit(name, r, float((target - got).norm()), float(target.norm()))
     if delta.dora is not None:
-        mag = delta.dora.detach().reshape(_dora_shape(delta.dora, delta.weight))
+        mag = delta.dora.detach().reshape(dora_shape(delta.dora, delta.weight))
         module.dora_scale = nn.Parameter(mag.to(dtype).float().clone())
     module.requires_grad_(False)
     return module, fit
@@ -563,7 +536,9 @@ def built_module(layer: nn.Module, tensors: dict[str, Tensor], where: str = "") 
     try:
         module = build_module(layer, tensors)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise AdapterFileError(f"{where}: {exc}") from None
+        hint = ("; the file does not fit the shipped model config: pass --model with the base model it was made "
+                "for" if layer.weight.device.type == "meta" else "; the file was made for another model")
+        raise AdapterFileError(f"{where}: {exc}{hint}") from None
     if mag is not None:
-        module.dora_scale = nn.Parameter(mag.detach().float().reshape(_dora_shape(mag, layer.weight)), requires_grad=False)
+        module.dora_scale = nn.Parameter(mag.detach().float().reshape(dora_shape(mag, layer.weight)), requires_grad=False)
     return module

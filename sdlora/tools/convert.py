@@ -22,7 +22,7 @@ from .. import files
 from ..errors import AdapterFileError, ConfigError
 from ..networks import Network
 from .common import (
-    ModelLike, Report, _dora_shape, built_module, check_dialect, output_name, peft_cannot_hold, read_source,
+    ModelLike, Report, dora_shape, built_module, check_dialect, dialect_of, output_name, peft_cannot_hold, read_source,
 )
 
 _DROP = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata", "format")
@@ -52,12 +52,16 @@ def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | Non
         if to == "peft":
             tensors[f"{name}.lora_A.weight"] = t["lora_down.weight"]
             tensors[f"{name}.lora_B.weight"] = t["lora_up.weight"]
-            if "dora_scale" in t:
-                tensors[f"{name}.lora_magnitude_vector"] = t["dora_scale"].reshape(-1)
+            if "dora_scale" in t:  # PEFT's magnitude: (out,) for Linear, (1, out, 1, 1) for Conv2d
+                mag = t["dora_scale"].reshape(-1)
+                tensors[f"{name}.lora_magnitude_vector"] = mag if modules[key].kind == "linear" else mag.reshape(1, -1, 1, 1)
             continue
+        from_peft = dialect_of(src.names[key]) == "peft"
         for suffix, value in t.items():
             if suffix == "dora_scale" and value.dim() == 1:  # PEFT's (out,) -> kohya's (out, 1[, 1, 1])
-                value = value.reshape(_dora_shape(value, ref.layer(key).weight))
+                value = value.reshape(dora_shape(value, ref.layer(key).weight))
+            if suffix == "alpha" and from_peft:  # from the metadata: stored like the weights, as kohya does
+                value = value.to(t["lora_down.weight"].dtype)
             tensors[f"{name}.{suffix}"] = value
     network = Network(ref.models, {(k[0], ref.raw_path(k)): m for k, m in modules.items()})
     meta = {k: v for k, v in src.file.metadata.items() if k not in _DROP}
