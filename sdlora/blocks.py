@@ -55,7 +55,7 @@ def _vector(spec: str | Sequence[float], family: str) -> list[float]:
             raise ConfigError(f"block-weight preset {name!r} is for SD1/SD2 (17 values); for SDXL give 12 or "
                               "20 values, or ALL / NONE")
         values = PRESETS_17[name.upper()]
-        return [float(values[0])] * 12 if family == "sdxl" else [float(v) for v in values]
+        return [float(values[0])] * 20 if family == "sdxl" else [float(v) for v in values]
     try:
         return [float(v) for v in name.replace(" ", "").split(",") if v != ""]
     except ValueError:

@@ -9,13 +9,19 @@
     stack.unfuse()   # the base weights again, bit for bit
 
 Each adapter module's strength is its adapter's strength (``te_strength`` for text-encoder modules) times
-its block weight (``sdlora.blocks``). Bypass mode (the default) leaves the weights untouched: each module
-adds its output in a forward hook; adapters at strength 0 are disabled and cost nothing. Fused mode keeps ONE
-backup of every base layer any adapter touches and writes W' = fold(W, active adapters on the layer) into
-it; ``unfuse`` copies the backups back. Changing a strength touches only that adapter's modules (and, when
-fused, refolds only the layers they sit on): O(its modules), independent of how many adapters are loaded.
-Both modes give the same outputs within fp32 tolerance; ``fold_weight`` is also what ``sdlora.bake`` uses,
-so a baked checkpoint holds exactly the fused weights.
+its block weight (``sdlora.blocks``).
+
+How several adapters combine on one layer (as A1111 does): each adapter's change is computed against the
+base weight and the changes add up, W' = W + Σᵢ (Wᵢ'(W) − W); for LoRA/LoHa/LoKr/full that is
+W + Σᵢ mᵢ·γᵢ·ΔWᵢ, for DoRA the change of its decomposed weight. The result does not depend on the order.
+
+Bypass mode (the default) leaves the weights untouched: the stack puts one forward hook on every layer an
+adapter touches, which adds the contributions of the active adapters on that layer; adapters at strength 0
+cost nothing. Fused mode keeps ONE backup of every touched base layer and writes ``fold_weight(W, active
+modules)`` into it; ``unfuse`` copies the backups back, bit for bit. Changing a strength touches only that
+adapter's modules (and, when fused, refolds only the layers they sit on): O(its modules), independent of how
+many adapters are loaded. Both modes give the same outputs within fp32 tolerance; ``fold_weight`` is also
+what ``sdlora.bake`` uses, so a baked checkpoint holds exactly the fused weights.
 """
 from __future__ import annotations
 
@@ -43,13 +49,26 @@ def _bias_delta(module: AdapterModule) -> Tensor | None:
     return d if d is not None else getattr(module, "b_norm", None)
 
 
+def _additive(module: AdapterModule) -> bool:
+    """True when the module's change does not depend on the weight it is added to (not DoRA, not a norm)."""
+    return module.dora_scale is None and module.algo != "norm"
+
+
+def contribution(module: AdapterModule, weight: Tensor) -> Tensor:
+    """The module's change of the float32 ``weight`` at its multiplier: m·γ·ΔW, or W'(W) − W for DoRA."""
+    if _additive(module):
+        return module.multiplier * module.delta_weight().float().to(weight.device)
+    return module.merged_weight(weight) - weight
+
+
 def fold_weight(weight: Tensor, modules: Sequence[AdapterModule]) -> Tensor:
-    """W' = ``modules`` applied in order at their current multipliers, computed in float32 and cast back to
-    ``weight``'s dtype. ``weight``: (out, in) or (out, in, kh, kw) (or a norm's (C,))."""
+    """W' = W + Σ contribution(module, W), computed in float32 and cast back to ``weight``'s dtype.
+    ``weight``: (out, in) or (out, in, kh, kw) (or a norm's (C,))."""
     w = weight.float()
+    out = w.clone()
     for m in modules:
-        w = m.merged_weight(w)
-    return w.to(weight.dtype)
+        out += contribution(m, w)
+    return out.to(weight.dtype)
 
 
 def fold_bias(bias: Tensor, modules: Sequence[AdapterModule]) -> Tensor:
@@ -148,6 +167,24 @@ class _Layer:
     layer: nn.Module
     modules: list[tuple[str, AdapterModule]] = field(default_factory=list)  # (adapter name, module), in order
     backup: dict[str, Tensor] | None = None
+    handle: Any = None  # the bypass forward hook
+
+
+def _bypass_hook(stack: "AdapterStack", state: _Layer):
+    """The forward hook of one layer: base output plus the contribution of every active adapter on it."""
+
+    def hook(layer: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        if stack.fused:
+            return None
+        live = [m for _, m in state.modules if m.enabled]
+        if not live:
+            return None
+        x, y = args[0], out
+        for m in live:
+            y = m.bypass(x, y) if _additive(m) else y + (m.bypass(x, out) - out)
+        return y
+
+    return hook
 
 
 class AdapterStack:
@@ -210,10 +247,11 @@ class AdapterStack:
         adapter._factors = block_factors(network, bw, self.model.unet.config)
         self.adapters[name] = adapter
         for _, _, module in network.items_by_module():
-            self._layers.setdefault(id(module.base), _Layer(module.base)).modules.append((name, module))
+            state = self._layers.setdefault(id(module.base), _Layer(module.base))
+            state.modules.append((name, module))
+            if state.handle is None:
+                state.handle = state.layer.register_forward_hook(_bypass_hook(self, state))
         self._apply(adapter)
-        if not self.fused:
-            network.attach()
         return adapter
 
     # ------------------------------------------------------------- strengths
@@ -248,7 +286,6 @@ class AdapterStack:
         """Take an adapter off the model; its layers get their base weights back (bit for bit)."""
         adapter = self[name]
         touched = {id(m.base) for m in adapter.modules()}
-        adapter.network.detach()
         del self.adapters[name]
         for key in touched:
             layer = self._layers[key]
@@ -256,8 +293,7 @@ class AdapterStack:
         if self.fused:
             self._refold(touched)
         for key in touched:
-            if not self._layers[key].modules and self._layers[key].backup is None:
-                del self._layers[key]
+            self._drop_if_empty(key)
 
     def clear(self) -> None:
         """Remove every adapter."""
@@ -270,8 +306,6 @@ class AdapterStack:
         """Fold every active adapter into the base weights (one backup per touched layer); hooks come off."""
         if self.fused:
             return
-        for adapter in self.adapters.values():
-            adapter.network.detach()
         self.fused = True
         self._refold(set(self._layers))
 
@@ -282,11 +316,15 @@ class AdapterStack:
             return
         for key, layer in list(self._layers.items()):
             self._restore(layer)
-            if not layer.modules:
-                del self._layers[key]
+            self._drop_if_empty(key)
         self.fused = False
-        for adapter in self.adapters.values():
-            adapter.network.attach()
+
+    def _drop_if_empty(self, key: int) -> None:
+        layer = self._layers[key]
+        if not layer.modules and layer.backup is None:
+            if layer.handle is not None:
+                layer.handle.remove()
+            del self._layers[key]
 
     @torch.no_grad()
     def _refold(self, keys: set[int]) -> None:
