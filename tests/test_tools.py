@@ -176,6 +176,20 @@ def test_svd_full_rank_equals_sum_and_error_falls_with_rank(sd1, adapters, tmp_p
     assert math.isclose(math.sqrt(num / den), errors[2], rel_tol=1e-4)
 
 
+def test_svd_folds_dora_against_the_base(sd1, adapters, tmp_path):
+    """With base weights (model), a DoRA input's effective change at strength 1, merged_weight(W) − W, is what
+    gets summed and re-factorised; the output is a plain LoRA."""
+    _, models = sd1
+    out = tmp_path / "folded.safetensors"
+    report = merge([(adapters["dora"], 1.0), (adapters["b"], 0.5)], out, rank=10_000, model=models)
+    want = deltas(adapters["dora"], models, "sd1")
+    for k, d in deltas(adapters["b"], models, "sd1").items():
+        want[k] = want[k] + 0.5 * d
+    got = deltas(out, models, "sd1")
+    assert not any(k.endswith("dora_scale") for k in tensors_of(out))
+    assert max(rel(got[k], want[k]) for k in want) < 1e-5 and report.relative_error < 1e-6
+
+
 def test_svd_energy_threshold(sd1, adapters, tmp_path):
     _, models = sd1
     inputs = [(adapters["loha"], 1.0), (adapters["b"], 1.0)]
@@ -308,6 +322,19 @@ def test_extract_recovers_a_baked_lora(baked, tmp_path):
     assert {float(v) for k, v in t.items() if k.endswith(".alpha")} == {3.0}  # γ = 1
     skipped = extract(baked / "base", baked / "tuned", tmp_path / "noconv.safetensors", rank=3, conv_rank=0)
     assert skipped.modules < report.modules and any("skipped" in n for n in skipped.notes)
+
+
+def test_extract_streams_a_single_file_tuned_model(baked, tmp_path):
+    from sdlora.models import open_model, save_model
+
+    single = save_model(open_model(baked / "tuned"), tmp_path / "tuned.safetensors")
+    weights = TunedWeights(single, "sd1")
+    assert weights.plan is not None and weights.model is None  # read entry by entry, not instantiated
+    a = extract(baked / "base", single, tmp_path / "a.safetensors", rank=3)
+    b = extract(baked / "base", baked / "tuned", tmp_path / "b.safetensors", rank=3)
+    assert a.modules == b.modules and a.relative_error < 1e-5
+    ta, tb = tensors_of(tmp_path / "a.safetensors"), tensors_of(tmp_path / "b.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.allclose(ta[k], tb[k], atol=1e-6) for k in ta)
 
 
 # -------------------------------------------------------------------------------------------- convert

@@ -6,11 +6,11 @@ text encoders' attention and MLP) ΔW = W_tuned − W_base is taken in float32 a
 file holds γ = 1 (alpha = rank), kohya names for the base's family.
 
 Memory: the base model is opened with ``models.open_model`` (it gives the layers, names and family); the
-tuned model is NOT instantiated when it is a diffusers folder of safetensors files: its tensors are read
-one at a time from the files (memory-mapped ``safe_open``). Peak ≈ the base model + one tuned layer + the
-SVD workspace of the largest layer (an SDXL 1280×1280×3×3 conv: ~60 MB in float32, a few times that for
-its SVD). Any other tuned checkpoint (e.g. a single file) is opened with ``open_model`` too (peak: both
-models).
+tuned model is NOT instantiated: its tensors are read one at a time, from a diffusers folder's safetensors
+files (``safe_open``) or from a single original-layout .safetensors file (``models.plan_single_file``).
+Peak ≈ the base model + one tuned tensor + the SVD workspace of the largest layer (an SDXL 1280×1280×3×3
+conv: 59 MB in float32, a few times that during its SVD). Anything else (a folder of .bin files) is opened
+with ``open_model`` (peak: both models).
 """
 from __future__ import annotations
 
@@ -33,21 +33,33 @@ _FOLDERS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
 class TunedWeights:
-    """A tuned model's weights by (component, parameter path), read lazily from a diffusers folder's
-    safetensors files, or from an opened model."""
+    """A tuned model's weights by (component, diffusers parameter path), read one tensor at a time:
+    from a diffusers folder's safetensors files (``safe_open``), or from a single original-layout file
+    through ``models.plan_single_file`` / ``read_entry`` (fused tensors, e.g. SD2's in_proj, are split once
+    and their parts cached); anything else is opened with ``open_model``."""
 
     def __init__(self, path: str | Path, family: str):
         self.path = Path(path)
-        self.model = None
-        self.handles: dict[str, Any] = {}  # component -> {tensor key: safe_open handle}
-        lazy = (self.path / "model_index.json").is_file() and all(
-            self._index(c) for c in _FOLDERS if (self.path / _FOLDERS[c]).is_dir())
-        if not lazy:
-            from ..models import open_model
-            self.model = open_model(self.path)
-            if self.model.family != family:
-                raise ModelError(f"{path} is a {self.model.family} model but the base is {family}; "
-                                 "extract from two models of one family")
+        self.model = None  # an opened BaseModel (fallback)
+        self.plan = None  # a single file's SingleFilePlan
+        self.handles: dict[str, dict[str, Any]] = {}  # component -> {tensor key: safe_open handle}
+        self.entries: dict[tuple[str, str], Any] = {}  # (component, part) -> single-file entry
+        self._shapes: dict[str, dict] = {}
+        self._last: tuple[Any, list[torch.Tensor]] | None = None
+        if (self.path / "model_index.json").is_file() and all(
+                self._index(c) for c in _FOLDERS if (self.path / _FOLDERS[c]).is_dir()):
+            return
+        from ..models import open_model, plan_single_file
+        if self.path.is_file() and self.path.suffix == ".safetensors":
+            self.plan = plan_single_file(self.path, family=family)
+            for entry in self.plan.entries:
+                for part in entry.parts:
+                    self.entries[(entry.component, part)] = entry
+            return
+        self.model = open_model(self.path)
+        if self.model.family != family:
+            raise ModelError(f"{path} is a {self.model.family} model but the base is {family}; "
+                             "extract from two models of one family")
 
     def _index(self, component: str) -> bool:
         """Open the safetensors files of one component folder; False when it has none."""
@@ -68,16 +80,36 @@ class TunedWeights:
 
     def get(self, component: str, name: str) -> torch.Tensor | None:
         """The tuned tensor of ``name`` (a parameter path of the base component), or None."""
+        candidates = (name, f"text_model.{name}", name.removeprefix("text_model."))
         if self.model is not None:
             root = self.model.components().get(component)
-            try:
-                return None if root is None else root.get_parameter(name).detach()
-            except AttributeError:
-                return None
+            for candidate in candidates:
+                try:
+                    return None if root is None else root.get_parameter(candidate).detach()
+                except AttributeError:
+                    continue
+            return None
+        if self.plan is not None:
+            return self._from_single_file(_FOLDERS[component], candidates)
         table = self.handles.get(component, {})
-        for candidate in (name, f"text_model.{name}", name.removeprefix("text_model.")):
+        for candidate in candidates:
             if candidate in table:
                 return table[candidate].get_tensor(candidate)
+        return None
+
+    def _from_single_file(self, component: str, candidates) -> torch.Tensor | None:
+        from ..models import read_entry
+
+        for candidate in candidates:
+            entry = self.entries.get((component, candidate))
+            if entry is None:
+                continue
+            if self._last is None or self._last[0] is not entry:
+                if component not in self._shapes:
+                    self._shapes[component] = self.plan.shapes(component)
+                self._last = (entry, read_entry(self.plan, entry, self._shapes[component]))
+            tensors = self._last[1]
+            return None if tensors is None else tensors[entry.parts.index(candidate)]
         return None
 
 
