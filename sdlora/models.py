@@ -21,8 +21,10 @@ streaming one tensor at a time, atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,11 +227,30 @@ def _open_folder(path: Path, family: str | None, prediction_type: str | None, dt
         if "tokenizer_2" in index:
             kwargs["tokenizer_2"] = toks[-1]
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+        with _quiet_loading():
+            pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: the diffusers folder cannot be opened offline ({exc}); check that every "
                          "component folder holds its config and weights") from None
     return from_pipeline(pipe, family, prediction_type, source=str(path))
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No diffusers / transformers loading progress bars (sdlora shows its own progress)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    before = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            dlog.enable_progress_bar()
+        if before[1]:
+            tlog.enable_progress_bar()
 
 
 @dataclass

@@ -56,6 +56,8 @@ def _additive(module: AdapterModule) -> bool:
 
 def contribution(module: AdapterModule, weight: Tensor) -> Tensor:
     """The module's change of the float32 ``weight`` at its multiplier: m·γ·ΔW, or W'(W) − W for DoRA."""
+    if getattr(module, "diff", True) is None:  # a bias-only full delta
+        return torch.zeros_like(weight)
     if _additive(module):
         return module.multiplier * module.delta_weight().float().to(weight.device)
     return module.merged_weight(weight) - weight
