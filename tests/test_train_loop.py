@@ -34,31 +34,30 @@ def _unet_out(unet, family: str, seed: int = 3) -> torch.Tensor:
 
 
 def test_training_set_loss_falls(tmp_path):
-    raw = config(tmp_path, "sd1", training={"max_steps": 30, "learning_rate": 2e-3, "batch_size": 2})
+    raw = config(tmp_path, "sd1", training={"max_steps": 20, "learning_rate": 3e-3, "batch_size": 2})
     tr = _trainer(raw)
-    before = tr.measure_loss()
+    before = tr.measure_loss(timesteps=(100, 400, 700))
     result = tr.run()
-    after = tr.measure_loss()
+    after = tr.measure_loss(timesteps=(100, 400, 700))
     assert after < 0.85 * before, (before, after)
     losses = [result.losses[s] for s in sorted(result.losses)]
-    assert len(losses) == 30 and all(map(torch.isfinite, torch.tensor(losses)))
-    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    assert len(losses) == 20 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert result.adapter == tmp_path / "out" / "tiny.safetensors" and result.adapter.is_file()
 
 
 @pytest.mark.parametrize("family, algo, te, extra", [
     ("sd1", "lora", True, {}),
-    ("sd1", "locon", False, {"conv_rank": 2}),
+    ("sd1", "locon", False, {"conv_rank": 2, "dora": True}),
     ("sd1", "loha", False, {}),
     ("sd1", "lokr", False, {"factor": 4}),
-    ("sd1", "lora", False, {"dora": True}),
     ("sdxl", "lora", True, {}),
     ("sdxl", "lokr", False, {}),
     ("sdxl", "loha", True, {"preset": "attn"}),
 ])
 def test_each_algorithm_trains_and_loads_everywhere(tmp_path, family, algo, te, extra):
     raw = config(tmp_path, family, network={"algo": algo, **extra},
-                 training={"max_steps": 8, "learning_rate": 3e-3, "train_text_encoder": te})
+                 training={"max_steps": 5, "learning_rate": 3e-3, "train_text_encoder": te})
     tr = _trainer(raw)
     before = tr.measure_loss(timesteps=(200, 600))
     result = tr.run()
@@ -72,13 +71,13 @@ def test_each_algorithm_trains_and_loads_everywhere(tmp_path, family, algo, te, 
     assert {m.algo for m in net.values()} == {"lora" if algo == "locon" else algo}
     assert torch.allclose(_unet_out(model.unet, family), ours, atol=1e-5)
     meta = read_metadata(result.adapter)
-    assert meta["ss_steps"] == "8" and meta["ss_base_model_version"] == ("sdxl_base_v1-0" if family == "sdxl" else "sd_v1")
+    assert meta["ss_steps"] == "5" and meta["ss_base_model_version"] == ("sdxl_base_v1-0" if family == "sdxl" else "sd_v1")
     assert json.loads(meta["sdlora_config"]) == json.loads(json.dumps(to_dict(tr.cfg)))
     assert json.loads(meta["sdlora_trigger_words"]) == ["sks"]
     assert json.loads(meta["ss_tag_frequency"])["data"]["sks"] == 4
 
     n_unet = sum(1 for c, _, _ in net.items_by_module() if c == "unet")
-    if algo == "lora" and not extra and family == "sd1":  # diffusers reads kohya files (LoRA only)
+    if algo == "lora" and family == "sd1":  # diffusers reads kohya files (LoRA only)
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(str(model_dir(family)), local_files_only=True)
@@ -112,7 +111,7 @@ def test_v_prediction_and_loss_options(tmp_path):
     assert read_metadata(result.adapter)["ss_base_model_version"] == "sd_v2_v"
 
 
-@pytest.mark.parametrize("name", ["adamw", "lion", "adafactor"])
+@pytest.mark.parametrize("name", ["lion", "adafactor"])  # adamw: every other test
 def test_optimizers_step(tmp_path, name):
     tr = _trainer(config(tmp_path, "sd1", training={"max_steps": 2}, optimizer={"name": name}))
     before = {k: v.clone() for k, v in tr.network.state_dict().items()}
@@ -265,3 +264,37 @@ def test_command_line_trains_with_overrides(tmp_path, capsys):
     assert "done: 3 steps" in capsys.readouterr().out
     code = main(["train", str(toml), "--set", "training.max_stepz=3"])
     assert code == 2 and "training.max_stepz is not a config key" in capsys.readouterr().err
+
+
+def _first_gradients(raw: dict) -> dict[str, torch.Tensor]:
+    tr = _trainer(raw)
+    from sdlora.trainers.batches import epoch_batches
+
+    batch = epoch_batches(tr.dataset, tr.cfg.training.seed, 0, tr.global_batch)[0]
+    tr._micro(batch, 0, 0, 0, 0, 1).backward()
+    return {n: p.grad.clone() for n, p in tr.network.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    raw = config(tmp_path, "sd1", training={"train_text_encoder": True})
+    plain = _first_gradients(raw)
+    raw["training"]["gradient_checkpointing"] = True
+    checkpointed = _first_gradients(raw)
+    assert plain.keys() == checkpointed.keys() and any(k.startswith("te1/") for k in plain)
+    for k in plain:
+        assert torch.allclose(plain[k], checkpointed[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_bf16_mixed_precision_keeps_adapters_in_fp32(tmp_path):
+    lines: list[str] = []
+    raw = config(tmp_path, "sd1", training={"max_steps": 2, "mixed_precision": "bf16", "train_text_encoder": True},
+                 model={"attention": "xformers"})
+    tr = Trainer(load_config(raw=raw), log=lines.append)
+    assert tr.model.unet.dtype == torch.bfloat16 and tr.model.vae.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in tr.network.parameters())
+    result = tr.run()
+    assert len(result.losses) == 2
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        assert any("xformers is not usable here" in line for line in lines)

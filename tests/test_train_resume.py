@@ -128,7 +128,7 @@ def test_two_process_data_parallel_matches_one_process_with_double_batch(tmp_pat
     """accelerate launch starts two gloo CPU processes (--multi_gpu with ACCELERATE_USE_CPU: accelerate's
     --cpu launcher needs MPI for more than one process). Per-device batch 1 × 2 processes must equal one
     process with batch 2: same global batches, same noise rows, gradients summed over processes."""
-    raw = config(tmp_path, "sd1", training={"max_steps": 3, "batch_size": 1}, network={"rank": 2},
+    raw = config(tmp_path, "sd1", training={"max_steps": 2, "batch_size": 1}, network={"rank": 2},
                  dataset={"flip": True})
     toml = write_toml(tmp_path / "c.toml", raw)
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")

@@ -92,6 +92,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
+        _reset_accelerator_if(cfg.training.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision)
         self.main = self.accelerator.is_main_process
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -174,7 +175,10 @@ class Trainer:
             m.unet.enable_gradient_checkpointing()
             if cfg.training.train_text_encoder:
                 for te in m.text_encoders:
-                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    if hasattr(te, "activation_checkpointing_enable"):  # transformers 5
+                        te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                    else:
+                        te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Base dropouts are 0 in SD models; train() only lets checkpointing run in transformers.
         m.unet.train(checkpointing)
         for te in m.text_encoders:
@@ -618,6 +622,15 @@ def _crop_after_flip(item, flip: bool) -> tuple[int, int]:
 
     (nw, _), (left, top) = crop_box(item.size, item.bucket, "center", None)
     return (top, nw - item.bucket[0] - left if flip else left)
+
+
+def _reset_accelerator_if(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state; a later training in the same process with another mixed
+    precision resets it (the process group, if any, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
