@@ -298,3 +298,38 @@ def test_bf16_mixed_precision_keeps_adapters_in_fp32(tmp_path):
         import xformers  # noqa: F401
     except ImportError:
         assert any("xformers is not usable here" in line for line in lines)
+
+
+def test_schedules_warmup_and_text_encoder_stop():
+    from sdlora.trainers.config import OptimizerSection
+    from sdlora.trainers.optim import lr_factor, make_scheduler
+
+    assert [round(lr_factor("constant", s, 2, 10), 3) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor("linear", 6, 2, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 2, 2, 10) == 1.0 and lr_factor("cosine", 10, 2, 10) == pytest.approx(0.0)
+    restarts = [lr_factor("cosine_with_restarts", s, 0, 10, cycles=2) for s in range(10)]
+    assert restarts[0] == 1.0 and restarts[5] == 1.0 and restarts[4] < 0.2 and restarts[9] < 0.2
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    opt = torch.optim.AdamW([{"params": [params[0]], "lr": 1.0, "name": "unet"},
+                             {"params": [params[1]], "lr": 0.5, "name": "te1"}])
+    sched = make_scheduler(opt, OptimizerSection(scheduler="constant"), 10, te_stop_step=3)
+    lrs = []
+    for _ in range(5):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert lrs == [[1.0, 0.5]] * 3 + [[1.0, 0.0]] * 2
+
+
+def test_epochs_limit_and_save_every_epoch(tmp_path, capsys):
+    from sdlora.cli import main
+
+    toml = write_toml(tmp_path / "c.toml", config(tmp_path, "sd1", training={
+        "max_steps": 100, "max_epochs": 2, "save_every_epochs": 1}))
+    assert main(["train", str(toml), "--check"]) == 0
+    assert "4 steps of 4 images would be trained" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "tiny.safetensors").exists()
+    assert main(["train", str(toml)]) == 0  # 4 images, batch 2: 2 steps an epoch
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("state-*")) == ["state-2", "state-4"]
+    assert (out / "tiny-step000002.safetensors").is_file() and read_metadata(out / "tiny.safetensors")["ss_num_epochs"] == "2"

@@ -7,7 +7,9 @@ tiny models are far faster single-threaded (less waiting between threads).
 """
 from __future__ import annotations
 
+import atexit
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -22,6 +24,7 @@ from tiny import tiny_pipeline  # noqa: E402
 
 _MODELS: dict[str, pathlib.Path] = {}
 _ROOT = pathlib.Path(tempfile.mkdtemp(prefix="sdlora_train_models_"))
+atexit.register(shutil.rmtree, _ROOT, True)
 
 
 def model_dir(family: str) -> pathlib.Path:
