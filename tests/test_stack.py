@@ -2,6 +2,8 @@
 bypass == fused, block weights (LBW) and text-encoder strengths, mismatched adapters."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -162,7 +164,12 @@ def test_block_weights_scale_each_module_by_its_block(files):
     ("sdxl", "up_blocks.2.resnets.2.conv2", "OUT08"), ("sdxl", "conv_out", "OUT08"),
 ])
 def test_block_of_full_size_models(family, path, block):
-    assert blocks.block_of("unet", path, full_size_unet(family).config) == block
+    assert blocks.block_of("unet", path, _full_config(family)) == block
+
+
+@functools.lru_cache(maxsize=None)
+def _full_config(family: str):
+    return full_size_unet(family).config
 
 
 def test_block_weight_vectors_and_presets():
