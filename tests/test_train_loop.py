@@ -59,9 +59,9 @@ def test_each_algorithm_trains_and_loads_everywhere(tmp_path, family, algo, te, 
     raw = config(tmp_path, family, network={"algo": algo, **extra},
                  training={"max_steps": 5, "learning_rate": 3e-3, "train_text_encoder": te})
     tr = _trainer(raw)
-    before = tr.measure_loss(timesteps=(200, 600))
+    before = tr.measure_loss(timesteps=(500,))
     result = tr.run()
-    assert tr.measure_loss(timesteps=(200, 600)) < before
+    assert tr.measure_loss(timesteps=(500,)) < before
     assert ("te1" in tr.network.components()) == te and ("te2" in tr.network.components()) == (te and family == "sdxl")
     ours = _unet_out(tr.model.unet, family)
 
@@ -146,7 +146,7 @@ def test_masked_loss_and_prior_preservation(tmp_path):
     assert sorted(s.loss_weight for s in tr.dataset.subsets) == [0.5, 1.0]
     item = next(i for i, it in enumerate(tr.dataset.items) if it.has_alpha_mask)
     batch = tr._batch([item], 0, 0, 0)
-    assert batch.mask is not None and batch.mask.shape == (1, 1, 16, 16)
+    assert batch.mask is not None and batch.mask.shape == (1, 1, 8, 8)
     assert float(batch.mask.mean()) == pytest.approx(128 / 255, abs=0.01)
     result = tr.run()
     assert len(result.losses) == 3
@@ -194,7 +194,7 @@ def test_samples_use_the_prompt_file(tmp_path):
     from PIL import Image
 
     with Image.open(files[0]) as im:
-        assert im.size == (32, 32) and "Negative prompt: blurry" in im.info["parameters"]
+        assert im.size == (16, 16) and "Negative prompt: blurry" in im.info["parameters"]
         assert "Seed: 5" in im.info["parameters"] and "Steps: 2" in im.info["parameters"]
     with Image.open(files[1]) as im:
         assert im.size == (40, 32)

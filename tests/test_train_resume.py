@@ -34,7 +34,7 @@ def _stress(tmp_path, out: str) -> dict:
         tmp_path, "sd1", data=data,
         network={"algo": "lora", "rank": 2, "dropout": 0.1, "module_dropout": 0.1},
         dataset={"flip": True, "crop": "random", "shuffle_captions": True, "caption_dropout": 0.2,
-                 "bucket_min_side": 16},
+                 "bucket_min_side": 16, "resolution": 32, "min_image_side": 16},
         training={"max_steps": 6, "batch_size": 2, "gradient_accumulation": 2, "train_text_encoder": True,
                   "te_stop_step": 4, "keep_last": 5},
         noise={"offset": 0.05, "multires_iterations": 2},

@@ -1,8 +1,8 @@
 """Helpers for the trainer tests: tiny model folders, generated image folders, configs.
 
 Tiny models are saved once per test session as diffusers folders (tokenizer included) and trained on
-like any user model. Images are 32 px PNGs drawn with PIL: a coloured background with a square, so the
-four of them are easy to tell apart. Training runs on one CPU thread: on a shared 2-core machine the
+like any user model. Images are PNGs drawn with PIL: a coloured background with a square, so they are
+easy to tell apart; training configs use 16 px (8×8 latents) unless a test needs more. Training runs on one CPU thread: on a shared 2-core machine the
 tiny models are far faster single-threaded (less waiting between threads).
 """
 from __future__ import annotations
@@ -66,11 +66,11 @@ def make_images(folder: pathlib.Path, n: int = 4, size: tuple[int, int] = (32, 3
 
 
 def config(tmp: pathlib.Path, family: str = "sd1", data: pathlib.Path | None = None, **sections) -> dict:
-    """A raw config dict for a tiny run: 32 px, rank 4, lr 1e-3, no TensorBoard; ``sections`` update it."""
+    """A raw config dict for a tiny run: 16 px, rank 4, lr 1e-3, no TensorBoard; ``sections`` update it."""
     raw = {
         "model": {"path": str(model_dir(family))},
         "network": {"algo": "lora", "rank": 4},
-        "dataset": {"path": str(data or make_images(tmp / "data")), "resolution": 32, "min_image_side": 16,
+        "dataset": {"path": str(data or make_images(tmp / "data", size=(16, 16))), "resolution": 16, "min_image_side": 8,
                     "bucket_step": 8, "trigger": "sks"},
         "training": {"max_steps": 4, "batch_size": 2, "learning_rate": 1e-3, "seed": 7},
         "output": {"dir": str(tmp / "out"), "name": "tiny", "tensorboard": False, "save_dtype": "fp32"},

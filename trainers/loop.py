@@ -108,6 +108,13 @@ class Trainer:
         buckets.assign(self.dataset, cfg.dataset, cfg.resolution)
         self.log("dataset:\n" + self.dataset.report.format())
         self.log("buckets:\n" + buckets.report(self.dataset))
+        self.prompts = []
+        if cfg.sample.prompts:
+            from .samples import read_prompts
+
+            self.prompts = read_prompts(cfg.sample, cfg.resolution)
+        elif cfg.sample.every_steps or cfg.sample.every_epochs or cfg.sample.at_start:
+            raise ConfigError("sample.every_steps/every_epochs/at_start is set but sample.prompts names no file")
 
         # model and network
         self.model = model or open_model(cfg.model.path, prediction_type=cfg.model.prediction_type or None,
@@ -148,13 +155,6 @@ class Trainer:
         self.started_at = time.time()
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.prompts = []
-        if cfg.sample.prompts:
-            from .samples import read_prompts
-
-            self.prompts = read_prompts(cfg.sample, cfg.resolution)
-        elif cfg.sample.every_steps or cfg.sample.every_epochs or cfg.sample.at_start:
-            raise ConfigError("sample.every_steps/every_epochs/at_start is set but sample.prompts names no file")
 
     # ------------------------------------------------------------------------------------ setup
     def log(self, text: str) -> None:
@@ -549,8 +549,11 @@ class Trainer:
         try:
             if cfg.sample.at_start and self.step == 0:
                 self.sample(monitor)
+            order: tuple[int, list] = (-1, [])
             while self.step < self.total_steps:
-                batches = epoch_batches(self.dataset, t.seed, self.epoch, self.global_batch)
+                if order[0] != self.epoch:
+                    order = (self.epoch, epoch_batches(self.dataset, t.seed, self.epoch, self.global_batch))
+                batches = order[1]
                 group = batches[self.position:self.position + t.gradient_accumulation]
                 first = self.position
                 epoch = self.epoch

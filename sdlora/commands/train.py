@@ -31,5 +31,5 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. --set training.max_steps=200 (repeatable)")
     p.add_argument("--resume", metavar="DIR", help="a state-N folder, or an output folder (its latest state)")
-    p.add_argument("--check", action="store_true", help="validate the config, scan the data and stop")
+    p.add_argument("--check", action="store_true", help="validate the config, scan the data, open the model, build the network and caches, then stop")
     p.set_defaults(func=run)
