@@ -145,8 +145,10 @@ class AdapterModule(nn.Module):
         for name, value in tensors.items():
             if name == "alpha":
                 continue
-            if name == "dora_scale" and self.dora_scale is not None and value.shape != self.dora_scale.shape:
-                self.dora_scale = nn.Parameter(value.detach().float().clone())  # column-norm variant
+            if name == "dora_scale" and self.dora_scale is not None and (
+                    value.shape != self.dora_scale.shape or self.dora_scale.is_meta):
+                # the column-norm variant of old files, or a base layer on the meta device (no norms to take)
+                self.dora_scale = nn.Parameter(value.detach().float().clone())
                 continue
             if name not in own:
                 raise ValueError(f"unexpected tensor {name!r} for a {self.algo} module")

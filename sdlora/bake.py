@@ -22,10 +22,9 @@ import torch
 import torch.nn as nn
 
 from . import blocks, checkpoint, files, models, streaming, tokenizers
-from .adapters import AdapterFile, adaptable_paths, load_adapter
+from .adapters import AdapterFile, load_adapter
 from .errors import ModelError
-from .keys import alias_table
-from .networks import AdapterModule, Network, slot
+from .networks import AdapterModule, Network
 from .stack import AdapterSpec, block_factors, fold_bias, fold_weight, module_multiplier
 
 Getter = Callable[[str, str], torch.Tensor]
@@ -154,40 +153,12 @@ def load_networks(source: Source, specs: Sequence[AdapterSpec], *, strict: bool 
     for spec in specs:
         af = AdapterFile.read(spec.path)
         network, _ = load_adapter(af, comps, source.family, strict=strict, attach=False)
-        _restore_dora(network, af, comps, source.family, unet_config)
         bw = blocks.parse_block_weights(spec.block_weights, source.family) if spec.block_weights is not None \
             else None
         for module, component, w in block_factors(network, bw, unet_config):
             module.multiplier = module_multiplier(component, float(spec.strength), spec.te_strength, w)
         out.append((spec, network, af))
     return out
-
-
-def _restore_dora(network: Network, af: AdapterFile, comps: dict[str, nn.Module], family: str,
-                  unet_config: Any) -> None:
-    """DoRA magnitudes cannot be copied into modules built on meta layers; set them from the file."""
-    if not any("dora_scale" in t for t in af.modules.values()):
-        return
-    table = alias_table({c: adaptable_paths(m) for c, m in comps.items()}, family, unet_config)
-    for name, tensors in af.modules.items():
-        if "dora_scale" not in tensors or name not in table:
-            continue
-        component, path = table[name]
-        root = comps[component]
-        raw = path if _has(root, path) else f"text_model.{path}"
-        module = network[slot(component, raw)]
-        value = tensors["dora_scale"].float()
-        if value.dim() == 1:
-            value = value.reshape(-1, *[1] * (len(module.shape) - 1))
-        module.dora_scale = nn.Parameter(value.clone(), requires_grad=False)
-
-
-def _has(root: nn.Module, path: str) -> bool:
-    try:
-        root.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
 
 
 def layer_groups(networks: Sequence[Network]) -> dict[tuple[str, str], list[AdapterModule]]:
