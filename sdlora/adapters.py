@@ -15,6 +15,7 @@ import collections
 import datetime as _dt
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,10 +92,13 @@ class AdapterFile:
             if not suffix:
                 unknown.append(key)
                 continue
+            if suffix == "dora_scale" and "lora_magnitude_vector" in key:
+                value = value.reshape(-1)  # PEFT's magnitude is per output: (out,) Linear, (1, out, 1, 1) conv
             modules[name][suffix] = value
         # Files holding only an alpha for a module (no weights) are leftovers of other tools: unknown.
         for name in [n for n, t in modules.items() if module_algo(t) is None]:
             unknown.extend(f"{name}.{s}" for s in modules.pop(name))
+        _peft_alphas(modules, metadata or {})
         dtypes = collections.Counter(str(t.dtype).replace("torch.", "") for t in tensors.values() if t.is_floating_point())
         return cls(path, dict(metadata or {}), dict(modules), sorted(unknown), ",".join(sorted(dtypes)) or "none")
 
@@ -152,6 +156,32 @@ class AdapterFile:
         if version.startswith("sd_v1"):
             return "sd1"
         return None
+
+
+def _peft_alphas(modules: dict[str, dict[str, torch.Tensor]], metadata: dict[str, str]) -> None:
+    """Give PEFT-named LoRA modules without an ``alpha`` tensor the alpha of diffusers' ``lora_adapter_metadata``
+    (PEFT's LoraConfig per component, keys ``<prefix>.lora_alpha`` / ``.alpha_pattern`` / ``.use_rslora``), as
+    diffusers does when it loads the file; without it alpha = rank."""
+    try:
+        packed = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return
+    if not isinstance(packed, dict):
+        return
+    for name, t in modules.items():
+        prefix, _, path = name.partition(".")
+        if "alpha" in t or module_algo(t) != "lora" or packed.get(f"{prefix}.lora_alpha") is None:
+            continue
+        rank = module_rank(t)
+        alpha = float(packed[f"{prefix}.lora_alpha"])
+        candidates = {path, path.removeprefix("text_model."), f"text_model.{path}"}
+        for pattern, value in (packed.get(f"{prefix}.alpha_pattern") or {}).items():
+            if any(re.match(rf"(.*\.)?({pattern})$", c) for c in candidates):
+                alpha = float(value)
+                break
+        if packed.get(f"{prefix}.use_rslora"):
+            alpha *= math.sqrt(rank)  # γ = alpha/sqrt(r), stored so that alpha/r gives it
+        t["alpha"] = torch.tensor(alpha)
 
 
 def _input_width(t: dict[str, torch.Tensor]) -> int | None:
@@ -329,7 +359,8 @@ def _peft_state(module: AdapterModule, state: dict[str, torch.Tensor], name: str
                                "save it in the kohya format (it loads in diffusers too)")
     out = {"lora_A.weight": state["lora_down.weight"], "lora_B.weight": state["lora_up.weight"]}
     if "dora_scale" in state:
-        out["lora_magnitude_vector"] = state["dora_scale"].reshape(-1)
+        dora = state["dora_scale"].reshape(-1)  # PEFT's shapes: (out,) for Linear, (1, out, 1, 1) for Conv2d
+        out["lora_magnitude_vector"] = dora if module.kind == "linear" else dora.reshape(1, -1, 1, 1)
     return out
 
 
@@ -423,7 +454,10 @@ def peft_metadata(network: Network) -> dict[str, str]:
         mods = [(p, m) for c, p, m in network.items_by_module() if c == component]
         r = _most_common([m.rank for _, m in mods], 4)
         alpha = _most_common([float(m.alpha) for _, m in mods], float(r))
-        full_paths = [keys.peft_name(component, p).split(".", 1)[1] for p, _ in mods]
+        # PEFT matches target_modules and patterns as dotted suffixes of module names: the path below the CLIP
+        # text transformer (no `text_model.`) fits transformers 4 and 5 alike (diffusers strips `text_model.`
+        # from the tensor keys for transformers 5, but not from these names).
+        full_paths = [keys.normalize_module_path(component, p) for p, _ in mods]
         rank_pattern = {fp: m.rank for fp, (_, m) in zip(full_paths, mods) if m.rank != r}
         alpha_pattern = {fp: float(m.alpha) for fp, (_, m) in zip(full_paths, mods) if float(m.alpha) != alpha}
         cfg = {"r": r, "lora_alpha": alpha, "target_modules": sorted(full_paths), "rank_pattern": rank_pattern,

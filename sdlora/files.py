@@ -56,12 +56,15 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         head = f.read(8)
         if len(head) < 8:
             raise AdapterFileError(f"{path}: file is empty or truncated ({size} bytes); download or save it again")
-        if _looks_like_pickle(head):
+        (n,) = struct.unpack("<Q", head)
+        # A safetensors header length can start with a pickle's bytes (e.g. 0x80 as its low byte): only a file
+        # that is not plausibly safetensors (length within the file, then a JSON object) is taken for a pickle.
+        if _looks_like_pickle(head) and not (n <= MAX_HEADER and 8 + n <= size and f.read(1) == b"{"):
             raise AdapterFileError(
                 f"{path}: this is a pickle (.ckpt/.pt) file, not safetensors; pickle files can run code when "
                 "loaded, so sdlora refuses them by default. Convert it to .safetensors, or pass --allow-pickle "
                 "(allow_pickle=True) to load its tensors with torch.load(weights_only=True)")
-        (n,) = struct.unpack("<Q", head)
+        f.seek(8)
         if n > MAX_HEADER:
             raise AdapterFileError(f"{path}: not a safetensors file (header length {n} bytes is larger than the "
                                    f"{MAX_HEADER} byte limit); the file is corrupt or of another format")

@@ -243,7 +243,7 @@ def alias_table(
     component (e.g. {"unet": [...], "te1": [...]}, paths as in named_modules(); `unet_config` is needed
     for the SGM names). Aliases, with `u` = path with `.` -> `_`:
 
-    unet: lora_unet_<u>, lora_unet_<sgm u>, lycoris_<u>, lycoris_<sgm u>, unet.<path>
+    unet: lora_unet_<u>, lora_unet_<sgm u>, lycoris_<u>, lycoris_<sgm u>, unet.<path>, <path>
     te1:  lora_te_ / lora_te1_ + [text_model_]<u>, text_encoder.[text_model.]<path>,
           and lycoris_[text_model_]<u> when there is no te2 (LyCORIS names do not say which encoder)
     te2:  lora_te2_[text_model_]<u>, text_encoder_2.[text_model.]<path>
@@ -270,6 +270,7 @@ def alias_table(
                     add("lora_unet_" + name, target)
                     add("lycoris_" + name, target)
                 add("unet." + path, target)
+                add(path, target)  # diffusers' old save_attn_procs files name UNet modules without a prefix
                 continue
             full = _te_full_path(path)
             kohya = ("lora_te_", "lora_te1_") if component == "te1" else ("lora_te2_",)
