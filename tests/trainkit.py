@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

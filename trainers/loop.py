@@ -38,6 +38,7 @@ from .captions import augment, varies
 from .config import TrainConfig, save_config, to_dict
 from .data import Dataset, full_caption, scan
 from .encode import encode_pixels, encode_text, time_ids, vae_factor
+from .metadata import Progress, adapter_metadata
 from .monitor import Monitor
 from .noise import add_noise, draw, per_sample_loss, snr_weight, target
 from .optim import learning_rates, make_optimizer, make_scheduler, param_groups
@@ -155,6 +156,9 @@ class Trainer:
         self.started_at = time.time()
         if self.resume_from is not None:
             self._restore(self.resume_from)
+        elif cfg.output_dir.is_dir() and any(cfg.output_dir.glob("state-*/trainer.json")):
+            self.log(f"note: {cfg.output_dir} holds states of an earlier run; this run starts at step 0 and "
+                     f"replaces them (to continue that run instead: --resume {cfg.output_dir})")
 
     # ------------------------------------------------------------------------------------ setup
     def log(self, text: str) -> None:
@@ -418,54 +422,12 @@ class Trainer:
         return loss_value, norm
 
     # ----------------------------------------------------------------------------------- saving
-    def _metadata(self, steps: int, finished: bool) -> dict[str, str]:
-        cfg, t, ds = self.cfg, self.cfg.training, self.dataset
-        lrs = learning_rates(t)
-        triggers = sorted({s.trigger for s in ds.subsets if s.trigger})
-        training = {
-            "ss_num_train_images": str(sum(ds.subsets[ds.items[i].subset].repeats for i in ds.train_items())),
-            "ss_num_reg_images": str(len(ds.reg_items())),
-            "ss_num_epochs": str(self.epoch + (1 if self.position else 0)),
-            "ss_steps": str(steps),
-            "ss_max_train_steps": str(self.total_steps),
-            "ss_learning_rate": str(t.learning_rate),
-            "ss_unet_lr": str(lrs["unet"]),
-            "ss_text_encoder_lr": str(lrs["te1"] if t.train_text_encoder else 0),
-            "ss_batch_size_per_device": str(t.batch_size),
-            "ss_total_batch_size": str(self.global_batch * t.gradient_accumulation),
-            "ss_gradient_accumulation_steps": str(t.gradient_accumulation),
-            "ss_optimizer": cfg.optimizer.name,
-            "ss_lr_scheduler": cfg.optimizer.scheduler,
-            "ss_lr_warmup_steps": str(cfg.optimizer.warmup_steps),
-            "ss_mixed_precision": t.mixed_precision,
-            "ss_max_grad_norm": str(t.max_grad_norm),
-            "ss_noise_offset": str(cfg.noise.offset),
-            "ss_multires_noise_iterations": str(cfg.noise.multires_iterations),
-            "ss_min_snr_gamma": str(cfg.noise.min_snr_gamma),
-            "ss_clip_skip": str(cfg.model.clip_skip),
-            "ss_prior_loss_weight": str(cfg.dataset.prior_loss_weight),
-            "ss_cache_latents": str(bool(self.latent_cache)),
-            "ss_enable_bucket": str(cfg.dataset.buckets),
-            "ss_flip_aug": str(cfg.dataset.flip),
-            "ss_shuffle_caption": str(cfg.dataset.shuffle_captions),
-            "ss_keep_tokens": str(cfg.dataset.keep_tokens),
-            "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout),
-            "ss_seed": str(t.seed),
-            "ss_training_comment": cfg.output.comment,
-            "ss_tag_frequency": ds.tag_frequency(),
-            "ss_dataset_dirs": ds.dataset_dirs(),
-            "ss_training_started_at": str(self.started_at),
-            "ss_training_finished_at": str(time.time()) if finished else "",
-            "ss_sd_model_name": Path(cfg.model.path).name,
-        }
-        return adapters.build_metadata(self.network, self.family, v_prediction=self.prediction_type == "v_prediction",
-                                       name=cfg.output.name, trigger_words=triggers, config=to_dict(cfg),
-                                       training=training, resolution=cfg.resolution)
-
     def save_adapter(self, path: Path, finished: bool = False) -> Path:
         if self.main:
-            adapters.save_adapter(self.network, path, self.family, dtype=self.cfg.output.save_dtype,
-                                  metadata=self._metadata(self.step, finished))
+            progress = Progress(self.step, self.epoch + (1 if self.position else 0), self.total_steps,
+                                self.global_batch, self.started_at, finished, self.latent_cache is not None)
+            meta = adapter_metadata(self.network, self.family, self.prediction_type, self.cfg, self.dataset, progress)
+            adapters.save_adapter(self.network, path, self.family, dtype=self.cfg.output.save_dtype, metadata=meta)
         return path
 
     def save_state(self) -> Path:
@@ -545,7 +507,6 @@ class Trainer:
                  f"{self.global_batch} × {t.gradient_accumulation} accumulation) on {self.device}"
                  + (f", resuming at step {self.step}" if self.step else ""))
         monitor = Monitor(self.total_steps, self.step, out / "logs" if cfg.output.tensorboard else None, self.main)
-        last_state: Path | None = None
         try:
             if cfg.sample.at_start and self.step == 0:
                 self.sample(monitor)
@@ -578,13 +539,11 @@ class Trainer:
                 monitor.step(self.step, loss, lrs, norm)
                 if t.save_every_steps and self.step % t.save_every_steps == 0 and self.step < self.total_steps:
                     self._periodic_save()
-                    last_state = states.state_dir(out, self.step)
                 if cfg.sample.every_steps and self.step % cfg.sample.every_steps == 0:
                     self.sample(monitor)
                 if epoch_done:
                     if t.save_every_epochs and self.epoch % t.save_every_epochs == 0 and self.step < self.total_steps:
                         self._periodic_save()
-                        last_state = states.state_dir(out, self.step)
                     if cfg.sample.every_epochs and self.epoch % cfg.sample.every_epochs == 0:
                         self.sample(monitor)
                     if t.max_epochs and self.epoch >= t.max_epochs:
