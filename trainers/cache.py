@@ -113,6 +113,18 @@ class LatentCache:
                 found[k] = self.store.memory[k]
         return [found[k] for k in keys]
 
+    def fill(self, items: list[Item], subsets: list[Subset], batch_size: int = 8) -> None:
+        """Make sure every item (and its mirror image, where its subset flips) is cached; same-bucket batches."""
+        todo = sorted(((it, f) for it in items for f in ((False, True) if subsets[it.subset].flip else (False,))),
+                      key=lambda x: (x[0].bucket, x[1]))
+        groups: dict = {}
+        for it, f in todo:
+            groups.setdefault(it.bucket, []).append((it, f))
+        for group in groups.values():
+            for k in range(0, len(group), batch_size):
+                chunk = group[k:k + batch_size]
+                self.get([it for it, _ in chunk], subsets, [f for _, f in chunk])
+
 
 class TextCache:
     """Text-encoder outputs per caption: {"hidden": (77, D)[, "pooled": (P,)]}."""
@@ -138,6 +150,11 @@ class TextCache:
                 self.store.put(k, entry)
                 found[k] = self.store.memory[k]
         return [found[k] for k in keys]
+
+    def fill(self, captions: list[str], batch_size: int = 16) -> None:
+        captions = list(dict.fromkeys(captions))
+        for k in range(0, len(captions), batch_size):
+            self.get(captions[k:k + batch_size])
 
 
 def fit(item: Item, subset: Subset, flip: bool, crop: str, rng, background: str):

@@ -232,33 +232,35 @@ class Trainer:
         stats = {}
         items, subsets = self.dataset.items, self.dataset.subsets
         if self.latent_cache is not None:
-            todo = [(it, f) for it in items if it.subset in self.cached_subsets
-                    for f in ((False, True) if subsets[it.subset].flip else (False,))]
-            todo.sort(key=lambda x: (x[0].bucket, x[1]))
-            for k in range(0, len(todo), 8):
-                chunk = [c for c in todo[k:k + 8]]
-                by_bucket: dict = {}
-                for it, f in chunk:
-                    by_bucket.setdefault(it.bucket, []).append((it, f))
-                for group in by_bucket.values():
-                    self.latent_cache.get([it for it, _ in group], subsets, [f for _, f in group])
+            self.latent_cache.fill([it for it in items if it.subset in self.cached_subsets], subsets)
             store = self.latent_cache.store
             stats.update({"latents encoded": store.encoded, "latents reused": store.reused})
         if self.text_cache is not None:
-            captions = []
-            for it in items:
-                captions.append(full_caption(it))
-                if subsets[it.subset].caption_dropout:
-                    captions.append("")
-            captions = list(dict.fromkeys(captions))
-            for k in range(0, len(captions), 16):
-                self.text_cache.get(captions[k:k + 16])
+            captions = [full_caption(it) for it in items]
+            if any(s.caption_dropout for s in subsets):
+                captions.append("")
+            self.text_cache.fill(captions)
             store = self.text_cache.store
             stats.update({"text encoded": store.encoded, "text reused": store.reused})
+        self._offload_unused()
         return stats
 
+    def _offload_unused(self) -> None:
+        """On an accelerator, move the VAE / text encoders to the CPU when caches hold all they would make
+        and no samples are drawn (SDXL's encoders hold gigabytes)."""
+        if self.device.type == "cpu" or self.cfg.sample.prompts:
+            return
+        if self.latent_cache is not None and len(self.cached_subsets) == len(self.dataset.subsets):
+            self.model.vae.to("cpu")
+        if self.text_cache is not None:
+            for te in self.model.text_encoders:
+                te.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _encode_text(self, captions: list[str]):
-        return encode_text(self.model, captions, self.cfg.model.clip_skip, self.device)
+        hidden, pooled = encode_text(self.model, captions, self.cfg.model.clip_skip)
+        return hidden.to(self.device), (pooled.to(self.device) if pooled is not None else None)
 
     def _restore(self, st: states.State) -> None:
         saved_cfg = st.trainer.get("config", {})
