@@ -334,3 +334,15 @@ def test_epochs_limit_and_save_every_epoch(tmp_path, capsys):
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("state-*")) == ["state-2", "state-4"]
     assert (out / "tiny-step000002.safetensors").is_file() and read_metadata(out / "tiny.safetensors")["ss_num_epochs"] == "2"
+
+
+def test_trains_on_a_single_file_checkpoint(tmp_path):
+    from sdlora.models import save_model
+
+    save_model(open_model(model_dir("sd1")), tmp_path / "tiny.safetensors")
+    raw = config(tmp_path, "sd1", model={"path": str(tmp_path / "tiny.safetensors"),
+                                         "tokenizer": str(model_dir("sd1"))}, training={"max_steps": 2})
+    from_file = _trainer(raw).run()
+    raw = config(tmp_path, "sd1", training={"max_steps": 2}, output={"dir": str(tmp_path / "folder")})
+    from_folder = _trainer(raw).run()
+    assert from_file.losses == from_folder.losses
