@@ -60,6 +60,8 @@ def test_override_of_a_subset_by_index(tmp_path):
     ("optimizer.betas=[0.9]", "optimizer.betas = \\[0.9\\] is not allowed"),
     ("trainig.max_steps=5", r"\[trainig\] is not a config section.*did you mean \[training\]"),
     ("output.name=a/b", 'output.name = "a/b" is not allowed'),
+    ("dataset.resolution=500", "dataset.resolution = 500 is not allowed: sides must be multiples of 8"),
+    ("dataset.caption_extension=txt", 'dataset.caption_extension = "txt" is not allowed: write it with its dot'),
     ("training.min_timestep=500", None),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, override, message):

@@ -432,6 +432,14 @@ def check(cfg: TrainConfig) -> None:
     if isinstance(d.resolution, list) and len(d.resolution) != 2:
         raise ConfigError(f"dataset.resolution = {_fmt(d.resolution)} is not allowed: use one side or "
                           "[width, height]")
+    sides = [d.resolution] if isinstance(d.resolution, int) else d.resolution
+    if any(side % 8 for side in sides):
+        raise ConfigError(f"dataset.resolution = {_fmt(d.resolution)} is not allowed: sides must be multiples of 8 "
+                          "(the VAE works in 8-pixel cells), e.g. 512 or [768, 512]")
+    for where, ext in [("dataset.caption_extension", d.caption_extension)] + [
+            (f"dataset.subsets[{i}].caption_extension", s.caption_extension) for i, s in enumerate(d.subsets)]:
+        if ext is not None and not ext.startswith("."):
+            raise ConfigError(f"{where} = {_fmt(ext)} is not allowed: write it with its dot, e.g. \".txt\"")
     if d.bucket_step % 8:
         raise ConfigError(f"dataset.bucket_step = {d.bucket_step} is not allowed: use a multiple of 8")
     if d.bucket_min_side > d.bucket_max_side:
