@@ -150,7 +150,8 @@ class TrainingSection:
 
 @dataclass
 class OptimizerSection:
-    name: str = _opt("adamw", choices=("adamw", "adamw8bit", "lion", "adafactor", "prodigy"))
+    name: str = _opt("adamw", choices=("adamw", "adamw8bit", "lion", "adafactor", "prodigy"),
+                     doc="prodigy adapts its own step size: use learning_rate = 1.0 with it")
     weight_decay: float = _opt(0.01, min=0)
     betas: list[float] = _opt(factory=lambda: [0.9, 0.999])
     eps: float = _opt(1e-8, min=0)
