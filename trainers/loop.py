@@ -142,6 +142,8 @@ class Trainer:
         if t.max_epochs:
             self.total_steps = min(self.total_steps, t.max_epochs * self.steps_per_epoch)
         optimizer = make_optimizer(cfg.optimizer, param_groups(self.network, learning_rates(t)))
+        if cfg.optimizer.name == "prodigy" and t.learning_rate < 0.1:
+            self.log(f"note: Prodigy scales its own steps and expects training.learning_rate = 1.0, not {t.learning_rate:g}")
         self.optimizer = self.accelerator.prepare(optimizer)
         self.scheduler = make_scheduler(optimizer, cfg.optimizer, self.total_steps, t.te_stop_step)
         noise_scheduler = _training_scheduler(self.model)
