@@ -17,7 +17,10 @@ continues exactly (bitwise on CPU).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -520,14 +523,13 @@ class Trainer:
                     order = (self.epoch, epoch_batches(self.dataset, t.seed, self.epoch, self.global_batch))
                 batches = order[1]
                 group = batches[self.position:self.position + t.gradient_accumulation]
-                first = self.position
-                epoch = self.epoch
-                loss, norm = self.train_step(group, epoch, first)
-                self.step += 1
-                self.position += len(group)
-                epoch_done = self.position >= len(batches)
-                if epoch_done:
-                    self.epoch, self.position = self.epoch + 1, 0
+                with _finish_step_on_interrupt():  # Ctrl+C lands between steps, never inside one
+                    loss, norm = self.train_step(group, self.epoch, self.position)
+                    self.step += 1
+                    self.position += len(group)
+                    epoch_done = self.position >= len(batches)
+                    if epoch_done:
+                        self.epoch, self.position = self.epoch + 1, 0
                 lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 if loss is None:
                     self.bad_in_row += 1
@@ -588,6 +590,29 @@ def _crop_after_flip(item, flip: bool) -> tuple[int, int]:
 
     (nw, _), (left, top) = crop_box(item.size, item.bucket, "center", None)
     return (top, nw - item.bucket[0] - left if flip else left)
+
+
+@contextlib.contextmanager
+def _finish_step_on_interrupt():
+    """Hold a first Ctrl+C until the block (one optimiser step and its counters) is done, then raise
+    KeyboardInterrupt, so a saved state is always between two steps. A second Ctrl+C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _reset_accelerator_if(mixed_precision: str) -> None:
