@@ -450,3 +450,33 @@ def test_cli(baked, adapters, tmp_path, capsys):
     assert main(["resize", str(adapters["a"]), "--rank", "0", "--model", model, "--out", str(tmp_path / "bad.safetensors")]) == 2
     assert "--rank must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+@pytest.mark.parametrize("shape, low", [((48, 64, 3, 3), None), ((300, 40), None), ((200, 300), 5),
+                                        ((160, 32, 3, 3), 6)])
+def test_svd_routes_give_the_best_truncation(monkeypatch, shape, low):
+    """Every route (SVD for small layers; range for low-rank large ones; Gram for full-rank large ones)
+    gives the optimal truncation error √(Σ_{i>r} σᵢ²) and is exact at full rank."""
+    from sdlora.tools import common
+
+    torch.manual_seed(0)
+    if low is None:
+        delta = torch.randn(*shape)
+    else:
+        delta = (torch.randn(shape[0], low) @ torch.randn(low, math.prod(shape[1:]))).reshape(shape)
+    flat = delta.reshape(shape[0], -1).double()
+    s = torch.linalg.svdvals(flat)
+    gram = []
+    real_gram = common._gram_route
+    monkeypatch.setattr(common, "_gram_route", lambda *a: gram.append(1) or real_gram(*a))
+    for route in ("direct", "large"):
+        if route == "large":
+            monkeypatch.setattr(common, "SVD_DIRECT_MAX", 0)
+        for r in (1, 3, 10_000):
+            up, down = common.svd_factors(delta, r, None, gamma=0.25)
+            assert down.shape[1:] == shape[1:] and up.shape[0] == shape[0]
+            got = 0.25 * (up.flatten(1).double() @ down.flatten(1).double())
+            err = float((got - flat).norm())
+            want = float(s[r:].pow(2).sum().sqrt()) if r < len(s) else 0.0
+            assert abs(err - want) <= 1e-5 * float(s.norm()), (route, r, err, want)
+    assert bool(gram) == (low is None)  # low rank: the range route held it; full rank: the Gram route

@@ -39,7 +39,6 @@ Key = tuple[str, str]  # (component, canonical module path)
 ModelLike = Union[str, Path, Any, dict, None]  # folder / BaseModel / {"unet": ..., "te1": ...} / None
 DIALECTS = ("kohya", "lycoris", "peft")
 UNET_NAMES = ("sgm", "diffusers")
-_SHIPPED = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
 # Metadata keys that describe the network itself: recomputed for every written file.
 _NETWORK_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
                  "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata",
@@ -85,22 +84,13 @@ class Reference:
 @functools.lru_cache(maxsize=3)
 def shipped_skeleton(family: str) -> dict[str, nn.Module]:
     """The real-size UNet and text encoders of ``family`` on the meta device (no weights), from the
-    configs shipped in sdlora/assets."""
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
+    configs shipped in sdlora/assets (``models.build_skeletons``)."""
     from ..configs import config_dir
+    from ..models import SHIPPED, build_skeletons, read_config_folder
 
-    folder = config_dir(_SHIPPED[family])
-    with init_empty_weights():
-        out: dict[str, nn.Module] = {
-            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
-            "te1": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
-        }
-        if (folder / "text_encoder_2").is_dir():
-            out["te2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-    return out
+    skeletons = build_skeletons(family, read_config_folder(config_dir(SHIPPED[family])))
+    names = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+    return {c: skeletons[n] for c, n in names.items() if n in skeletons}
 
 
 def open_reference(family: str | None, model: ModelLike = None) -> Reference:
@@ -109,7 +99,7 @@ def open_reference(family: str | None, model: ModelLike = None) -> Reference:
         if family is None:
             raise AdapterFileError("cannot tell which model family (SD1, SD2, SDXL) the adapter is for; "
                                    "pass --family sd1|sd2|sdxl or --model BASE")
-        return Reference(family, shipped_skeleton(family), False, f"shipped {_SHIPPED[family]} config")
+        return Reference(family, shipped_skeleton(family), False, f"the shipped {FAMILY_NAMES[family]} config")
     if isinstance(model, dict):
         models = {c: m for c, m in model.items() if m is not None}
         fam, source = family, "given modules"
@@ -322,25 +312,74 @@ def choose_rank(s: Tensor, rank: int | None, energy: float | None) -> int:
     return max(1, r)
 
 
+SVD_DIRECT_MAX = 1 << 18  # layers up to this many elements get a plain float64 SVD
+RANGE_TOL = 1e-12  # the range route accepts when ‖ΔW − QQᵀΔW‖² ≤ RANGE_TOL·‖ΔW‖² (1e-6 relative: fp32 noise)
+
+
 def svd_factors(delta: Tensor, rank: int | None, energy: float | None, gamma: float = 1.0
                 ) -> tuple[Tensor, Tensor]:
     """LoRA factors of ``delta`` (out, in[, kh, kw]) with γ·up@down = its best rank-r approximation.
 
-    up (out, r) / down (r, in) for Linear; up (out, r, 1, 1) / down (r, in, kh, kw) for Conv2d. The SVD runs
-    in float64 for layers up to 4M elements (exact at full rank), float32 above. √(S/γ) goes to each side.
+    up (out, r) / down (r, in) for Linear; up (out, r, 1, 1) / down (r, in, kh, kw) for Conv2d. All in
+    float64. Small layers: an SVD. Larger ones: first the range route — ΔW's range from ΔW·Ω (Ω random,
+    k columns, k grown ×4 while k < min(out, in)/2), accepted when it holds all of ΔW but RANGE_TOL (the sums
+    of LoRA-family adapters have low rank: then the SVD of the small QᵀΔW is the SVD of ΔW); else the
+    eigenvectors of the smaller Gram matrix (full-rank differences, e.g. extract). Each side carries √σ
+    (balanced for fp16), divided by √|γ|.
     """
     out_dim = delta.shape[0]
-    flat = delta.reshape(out_dim, -1)
-    flat = flat.double() if flat.numel() <= (1 << 22) else flat.float()
-    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
-    r = choose_rank(s, rank, energy)
-    root = (s[:r] / abs(gamma)).sqrt()
-    up = (u[:, :r] * root * math.copysign(1.0, gamma)).float()
-    down = (root[:, None] * vh[:r]).float()
+    flat = delta.reshape(out_dim, -1).double()
+    factors = _svd_route(flat, rank, energy) if flat.numel() <= SVD_DIRECT_MAX else None
+    if factors is None:
+        factors = _range_route(flat, rank, energy) or _gram_route(flat, rank, energy)
+    up, down = factors
+    root = math.sqrt(abs(gamma))
+    up, down = (up * (math.copysign(1.0, gamma) / root)).float(), (down / root).float()
+    r = down.shape[0]
     if delta.dim() == 4:
         up = up.reshape(out_dim, r, 1, 1)
         down = down.reshape(r, *delta.shape[1:])
     return up.contiguous(), down.contiguous()
+
+
+def _svd_route(x: Tensor, rank: int | None, energy: float | None, q: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """Balanced rank-r factors from the SVD of x (m, n); with ``q`` (M, m) orthonormal, of q@x."""
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    r = choose_rank(s, rank, energy)
+    up = u[:, :r] if q is None else q @ u[:, :r]
+    return up * s[:r].sqrt(), s[:r].sqrt()[:, None] * vh[:r]
+
+
+def _range_route(x: Tensor, rank: int | None, energy: float | None) -> tuple[Tensor, Tensor] | None:
+    """Exact factors of a low-rank x (m, n) through its range, or None when x is not of low rank."""
+    full = min(x.shape)
+    total = float(x.pow(2).sum())
+    if total == 0:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    k = 64
+    while k <= full // 2:
+        q, _ = torch.linalg.qr(x @ torch.randn(x.shape[1], k, dtype=x.dtype, generator=gen))
+        b = q.T @ x  # (k, n): x = q @ b when the range is held
+        if total - float(b.pow(2).sum()) <= RANGE_TOL * total:
+            return _svd_route(b, rank, energy, q)
+        k *= 4
+    return None
+
+
+def _gram_route(x: Tensor, rank: int | None, energy: float | None) -> tuple[Tensor, Tensor]:
+    """Rank-r factors of x (m, n) from the eigen-decomposition of its smaller Gram matrix (float64):
+    B = the top-r eigenvectors; wide: up = B, down = Bᵀx; tall: up = xB, down = Bᵀ; then balanced."""
+    wide = x.shape[0] <= x.shape[1]
+    lam, vec = torch.linalg.eigh(x @ x.T if wide else x.T @ x)
+    lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)
+    r = choose_rank(lam.sqrt(), rank, energy)
+    basis = vec[:, :r]
+    up, down = (basis, basis.T @ x) if wide else (x @ basis, basis.T)
+    sigma = down.norm(dim=1) if wide else up.norm(dim=0)  # ≈ the singular values
+    s = sigma.sqrt().masked_fill(sigma == 0, 1.0)
+    return (up * s, down / s[:, None]) if wide else (up / s, down * s[:, None])
 
 
 # -------------------------------------------------------------------------------------------- report
