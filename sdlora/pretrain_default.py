@@ -3,7 +3,7 @@
     python -m sdlora.pretrain_default --out sdlora/assets/default [--vae-steps N --unet-steps N --seed S]
 
 The model is a standard SD 1.x-layout latent-diffusion pipeline built from diffusers/transformers classes:
-AutoencoderKL (4 levels, 4 latent channels: 64 px images -> 8×8 latents), UNet2DConditionModel (channels
+AutoencoderKL (3 levels, 4 latent channels: 32 px images -> 8×8 latents), UNet2DConditionModel (channels
 64/128, one layer per block, cross-attention in both blocks), CLIPTextModel (2 layers, 32 wide) with the
 toy world's word-level CLIP tokenizer, and a DDIM scheduler with SD 1.x's noise schedule. It is saved as
 a diffusers folder in fp16 and opens through the same loader as any SD 1.x model.
@@ -35,11 +35,11 @@ def build_models(vocab_size: int, bos: int, eos: int):
 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=tw.SIZE, layers_per_block=1,
-        block_out_channels=(16, 32, 64, 64), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 64, 64), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     )
     unet = UNet2DConditionModel(
-        sample_size=tw.SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=tw.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
         attention_head_dim=8, norm_num_groups=32,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-SIZE = 64
+SIZE = 32  # pixels; 8×8 latents through a VAE that downsamples 4×
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -52,9 +52,9 @@ class Scene:
 
 
 def sample_scene(rng: random.Random, shapes=BASE_SHAPES, colours=None, backgrounds=None) -> Scene:
-    """A random scene: shape radius 15–22% of the image side, centre jittered by up to 12%."""
-    r = SIZE * rng.uniform(0.15, 0.22)
-    j = SIZE * 0.12
+    """A random scene: shape radius 20–28% of the image side, centre jittered by up to 10%."""
+    r = SIZE * rng.uniform(0.20, 0.28)
+    j = SIZE * 0.10
     return Scene(
         colour=rng.choice(list(colours or COLOURS)),
         shape=rng.choice(list(shapes)),
