@@ -204,3 +204,23 @@ def write_tokenizer(folder: str | Path, words=WORDS, max_length: int = 77) -> Pa
         "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "do_lower_case": True}))
     return folder
+
+
+def write_concept_dataset(folder: str | Path, n: int = 20, seed: int = 7, shape: str = "star",
+                          trigger: str = "sks") -> list[Path]:
+    """``n`` images of a concept shape in every colour and background, captioned with ``trigger`` in the
+    shape's place ("a red sks on a white background"): the demo's training folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    combos = [(c, b) for c in COLOURS for b in BACKGROUNDS]
+    rng.shuffle(combos)
+    paths = []
+    for i in range(n):
+        colour, background = combos[i % len(combos)]
+        scene = sample_scene(rng, shapes=(shape,), colours=[colour], backgrounds=[background])
+        path = folder / f"{i:02d}_{colour}_{background}.png"
+        render(scene).save(path)
+        path.with_suffix(".txt").write_text(scene.caption(trigger) + "\n")
+        paths.append(path)
+    return paths
