@@ -5,6 +5,10 @@ import pathlib
 import sys
 
 import pytest
+import torch
+
+# The tiny test models run faster on one thread (no OpenMP spin when other processes share the cores).
+torch.set_num_threads(1)
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # `import tiny` from any test file
 
