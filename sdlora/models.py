@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, checkpoint, configs, streaming, tokenizers
+from . import __version__, checkpoint, configs, files, streaming, tokenizers
 from .errors import ModelError
 from .files import parse_dtype
 
@@ -119,7 +119,7 @@ class BaseModel:
         Computed once."""
         if self._hash is None:
             path = Path(self.source)
-            self._hash = streaming.file_sha256(path)[:10] if path.is_file() else ""
+            self._hash = files.file_sha256(path)[:10] if path.is_file() else ""
         return self._hash
 
     def configs(self) -> dict[str, dict]:

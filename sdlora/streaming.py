@@ -126,15 +126,6 @@ class LazyFile:
         return self._f.get_tensor(key)
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex of a whole file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def atomic_folder(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` (an existing
