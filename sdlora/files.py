@@ -160,12 +160,23 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _new_file_mode(target))  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _new_file_mode(target: Path) -> int:
+    """The existing target's permissions, else 0666 less the process umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -473,3 +473,24 @@ def test_header_length_starting_like_a_pickle_is_still_safetensors(tmp_path, val
     net, report = load_adapter(path, valid["models"], "sd1")
     assert report.ok and report.total_matched == valid["modules"]
     net.detach()
+
+
+def test_atomic_write_gives_plain_file_permissions(tmp_path):
+    """Files written atomically get the mode a plain open() gives (0666 less the umask), not mkstemp's 0600,
+    and an existing file keeps its mode."""
+    import os
+    import stat
+
+    from sdlora import files as sdfiles
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "a.bin"
+        sdfiles.atomic_write_bytes(target, b"x")
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        os.chmod(target, 0o600)
+        sdfiles.atomic_write_bytes(target, b"y")
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        assert target.read_bytes() == b"y"
+    finally:
+        os.umask(mask)
