@@ -208,7 +208,7 @@ def bake_jobs(group: str, single: str, lora: str, work: Path) -> list[Job]:
 def sd15_train_params(sd15: dict, data: Path, side: int, precision: str, quick: bool, out: Path) -> dict:
     return {"model": sd15["folder"], "data": str(data), "resolution": side, "batch": 1, "rank": 8, "alpha": 8,
             "lr": 1e-4, "algo": "lora", "preset": "attn", "precision": precision, "checkpointing": True, "seed": 0,
-            "flip": False, "steps": 2 if quick else 4, "warmup": 1, "cache": False, "out": str(out)}
+            "flip": False, "steps": 3 if quick else 5, "warmup": 1, "cache": False, "out": str(out)}
 
 
 def workload_b(runner: Runner, args, work: Path, sd15: dict) -> dict:
@@ -597,13 +597,26 @@ def miss_notes(rows: list[Row], A: dict | None, B: dict | None) -> list[str]:
     if B:
         sd, peer = B["lora"]
         if "b_time" in missed:
+            pr = paired(peer, sd, "steps_per_s")  # sdlora step time / recipe step time, per repetition
+            every = " — sdlora's step was the slower in every repetition" if pr and all(x > 1 for x in pr) else ""
+            steps = sd.params["steps"] - sd.params["warmup"]
+            diag = ""
+            if A:
+                u = A["unet"]
+                r_lora = _ratio(u.med("sdlora.lora.fwd_bwd_s"), u.med("peer.lora.fwd_bwd_s"))
+                r_min = _ratio(u.med("sdlora.lora_minimal_hook.fwd_bwd_s"), u.med("peer.lora.fwd_bwd_s"))
+                if r_lora is not None and r_min is not None:
+                    diag = (f" The one candidate this run measures is sdlora's LoRA bypass path: on the toy model its "
+                            f"UNet forward+backward is {r_lora:.2f}× PEFT's and {r_min:.2f}× with a minimal hook on "
+                            f"the same modules, and under gradient checkpointing that path runs twice (forward and "
+                            f"recomputation).")
             notes.append(
                 f"**SD 1.5 step time ≤ 1.0× the recipe (b)** — missed. Both sides run the same VAE encode, text "
                 f"encoder and checkpointed UNet with LoRA on the same 128 layers. Paired step-time ratios per "
-                f"repetition (sdlora/recipe): {_list(paired(peer, sd, 'steps_per_s'))}; a full-size step takes tens "
-                f"of seconds on one shared CPU thread and only a few fit in the budget, so a few percent is within "
-                f"this machine's noise. If it persists with --reps 5, the lean LoRA bypass path above is the first "
-                f"thing to try (its cost repeats in the recomputation under gradient checkpointing).")
+                f"repetition (sdlora/recipe, runs back to back): {_list(pr)}{every}. Each run times {steps} step(s) "
+                f"of about {1 / sd.med('steps_per_s'):.0f} s on one shared CPU thread, so a gap of a few percent is "
+                f"near this run's resolution.{diag} What would close it: the lean LoRA bypass path (one multiply by "
+                f"γ·m, no no-op dtype casts); confirm first with `python benchmarks/run.py --workloads b --reps 5`.")
         if "b_mem" in missed:
             notes.append("**SD 1.5 peak memory ≤ 1.05× the recipe (b)** — missed; see the per-repetition figures.")
     return notes
@@ -810,9 +823,11 @@ def write_report(path: Path, args, rows: list[Row], notes: list[str], A, B, C, c
     parts += [
         "### How it is measured",
         "",
-        "- Each figure comes from fresh processes (benchmarks/job.py), one torch thread each, sdlora and peer "
-        "alternating and the order reversed every other repetition. Peak RSS is the process's VmHWM at its end; "
-        "peak VRAM is torch.cuda.max_memory_allocated.",
+        "- Every job is a fresh process (benchmarks/job.py) with one torch thread; jobs of the two sides "
+        "alternate, the order reversed every other repetition. Peak RSS is the process's VmHWM at its end; peak "
+        "VRAM is torch.cuda.max_memory_allocated. Rows marked \"interleaved in one process\" hold both sides in "
+        "one such process and alternate them step by step / call by call (benchmarks/interleaved.py), so both "
+        "see the same background load.",
         "- sdlora is driven through its public API: trainers.config.config_from_dict + trainers.loop.Trainer, "
         "with one Trainer.on_step callback stamping the end of each optimiser step (so steps/s excludes startup "
         "without subtracting runs). Time to first step runs from the moment the runner starts the process to the "
