@@ -103,12 +103,12 @@ def encode_all(vae, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
 
 
 def train_unet(unet, te, tokenizer, latents: torch.Tensor, scenes, scheduler, steps: int, batch: int, lr: float,
-               seed: int, log) -> None:
+               seed: int, log, save=None, save_every: int = 250) -> None:
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    warm = min(200, steps // 10)
+    warm = max(1, min(200, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
     unet.train(), te.train()
@@ -133,6 +133,8 @@ def train_unet(unet, te, tokenizer, latents: torch.Tensor, scenes, scheduler, st
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"unet step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e}")
+        if save is not None and (step + 1) % save_every == 0:
+            save(step + 1)
     unet.eval(), te.eval()
 
 
@@ -163,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--continue-from", default=None,
+                    help="a work folder of an earlier run (OUT/_work): reuse its VAE and continue UNet + text "
+                         "encoder training from its last saved step for --unet-steps more steps")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,17 +183,33 @@ def main(argv=None) -> int:
         line = f"[{time.time() - t0:7.1f}s] {msg}"
         print(line, flush=True)
         log_lines.append(line)
+        with open(work / "log.txt", "a") as f:
+            f.write(line + "\n")
 
+    work = out / "_work"
+    work.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
     tw.write_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     vae, unet, te = build_models(len(tokenizer), bos, eos)
+    prev = Path(args.continue_from) if args.continue_from else None
     log(f"params: vae {sum(p.numel() for p in vae.parameters()):,} unet {sum(p.numel() for p in unet.parameters()):,} "
         f"text encoder {sum(p.numel() for p in te.parameters()):,}")
     images, scenes = render_dataset(args.images, args.seed)
     log(f"rendered {len(images)} images")
-    train_vae(vae, images, args.vae_steps, args.vae_batch, args.seed, log)
+    if prev is not None:
+        vae.load_state_dict(torch.load(prev / "vae.pt", weights_only=True))
+        vae.eval()
+        state = torch.load(prev / "unet_te.pt", weights_only=True)
+        unet.load_state_dict(state["unet"])
+        te.load_state_dict(state["te"])
+        log(f"continuing from {prev} (UNet step {state['step']})")
+        if prev.resolve() != work.resolve():
+            torch.save(vae.state_dict(), work / "vae.pt")
+    else:
+        train_vae(vae, images, args.vae_steps, args.vae_batch, args.seed, log)
+        torch.save(vae.state_dict(), work / "vae.pt")
     latents = encode_all(vae, images)
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
@@ -196,8 +217,16 @@ def main(argv=None) -> int:
     sd1 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     train_sched = DDPMScheduler(**{k: v for k, v in sd1.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    done_before = state["step"] if prev is not None else 0
+
+    def save_work(step: int) -> None:
+        torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "step": done_before + step},
+                   work / "unet_te.pt")
+        log(f"saved work state at UNet step {done_before + step}")
+
     train_unet(unet, te, tokenizer, latents * scale, scenes, train_sched, args.unet_steps, args.unet_batch, args.lr,
-               args.seed, log)
+               args.seed + done_before, log, save=save_work)
+    save_work(args.unet_steps)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(**sd1), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -207,11 +236,11 @@ def main(argv=None) -> int:
     pipe.to(torch.float16).save_pretrained(str(out))
     (out / "PRETRAIN.json").write_text(json.dumps({
         "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
-        "unet_steps": args.unet_steps, "unet_batch": args.unet_batch, "lr": args.lr,
+        "unet_steps": done_before + args.unet_steps, "continued_from_step": done_before, "unet_batch": args.unet_batch, "lr": args.lr,
         "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(), "gate_fp32": result,
         "shapes": list(tw.BASE_SHAPES), "colours": list(tw.COLOURS), "backgrounds": list(tw.BACKGROUNDS),
     }, indent=2))
-    (out / "PRETRAIN.log").write_text("\n".join(log_lines) + "\n")
+    (out / "PRETRAIN.log").write_text((work / "log.txt").read_text())
     log(f"saved {out}")
     return 0
 
