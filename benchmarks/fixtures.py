@@ -52,24 +52,10 @@ def toy_model(work: Path) -> tuple[Path, str]:
         return EMBEDDED_DEFAULT, "sdlora/assets/default (the embedded default model, trained weights)"
     folder = work / "toy-model"
     if not _ready(folder):
-        import torch
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
-        from transformers import CLIPTokenizer
-
-        from sdlora import toyworld
-        from sdlora.pretrain_default import build_models
+        from sdlora.pretrain_default import write_untrained
 
         _fresh(folder)
-        tok_dir = toyworld.write_tokenizer(work / "toy-tokenizer")
-        tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-        torch.manual_seed(0)
-        vae, unet, te = build_models(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-        sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                              steps_offset=1, prediction_type="epsilon")
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe.to(torch.float16).save_pretrained(str(folder))
+        write_untrained(folder, seed=0)
         _mark(folder)
     return folder, ("random weights, the embedded default model's architecture (sdlora.pretrain_default."
                     "build_models + toyworld tokenizer; sdlora/assets/default did not exist yet), fp16 diffusers folder")

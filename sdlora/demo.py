@@ -34,10 +34,10 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def demo_config(out: Path, data: Path, steps: int, seed: int) -> dict:
+def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None = None) -> dict:
     """The demo's training config (the same keys as configs/quickstart.toml)."""
     return {
-        "model": {"path": str(default_model_path())},
+        "model": {"path": str(model or default_model_path())},
         "network": {"algo": "lora", "rank": 8, "alpha": 4.0},
         "dataset": {"path": str(data), "trigger": "sks", "resolution": tw.SIZE, "min_image_side": 16,
                     "bucket_min_side": 16, "bucket_max_side": 64, "bucket_step": 8, "flip": True},
@@ -47,49 +47,10 @@ def demo_config(out: Path, data: Path, steps: int, seed: int) -> dict:
     }
 
 
-def _prompts(shape_word: str, shapes=None) -> list[tw.Scene]:
-    if shapes is None:
-        return [tw.Scene(c, shape_word, b, 0, 0, 0) for c in tw.COLOURS for b in tw.BACKGROUNDS]
-    return [tw.Scene(c, s, b, 0, 0, 0) for c in tw.COLOURS for s in shapes for b in tw.BACKGROUNDS]
-
-
-def evaluate(model, *, strengths=STRENGTHS, adapter: str | None = None, per_prompt: int = 1, seed: int = 1000,
-             steps: int = 25, cfg: float = 3.0, concept_shape: str = "star", trigger: str = "sks",
-             progress: bool = False) -> dict:
-    """Concept rate per strength and prior accuracy with the adapter off and at 1 (toy world only)."""
-    from .generate import generate
-
-    def rate(scenes, check) -> float:
-        ok = total = 0
-        for i, sc in enumerate(scenes):
-            for img in generate(model, sc.caption(), seed=seed + i * per_prompt, count=per_prompt, steps=steps,
-                                cfg=cfg, sampler="ddim", progress=progress):
-                ok += check(tw.classify(img.image), sc)
-                total += 1
-        return ok / max(total, 1)
-
-    def set_strength(s: float) -> None:
-        if adapter is not None:
-            model.stack.set_strength(adapter, s)
-
-    concept = _prompts(trigger)
-    prior = _prompts("", tw.BASE_SHAPES)
-    out: dict = {"concept_rate": {}}
-    for s in strengths:
-        set_strength(s)
-        out["concept_rate"][f"{s:g}"] = rate(concept, lambda r, sc: r.shape == concept_shape)
-    both = lambda r, sc: r.shape == sc.shape and r.colour == sc.colour  # noqa: E731
-    set_strength(0.0)
-    out["prior_accuracy_base"] = rate(prior, both)
-    set_strength(1.0)
-    out["prior_accuracy_adapter"] = rate(prior, both)
-    out["samples_per_point"] = {"concept": len(concept) * per_prompt, "prior": len(prior) * per_prompt}
-    return out
-
-
-def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 42, per_prompt: int = 1,
-             log=print) -> dict:
+def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 42, per_prompt: int = 4,
+             log=print, model_path: str | Path | None = None, sample_steps: int = 25) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
+    from . import evaluate as ev
     from .bake import bake
     from .generate import save_png, sweep
     from .models import open_model
@@ -98,13 +59,13 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 4
     from .trainers.loop import Trainer
 
     t0 = time.time()
-    base = default_model_path()
+    base = Path(model_path) if model_path else default_model_path()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     tw.write_concept_dataset(data)
     log(f"demo: {len(list(data.glob('*.png')))} training images of the new concept in {data}")
-    cfg = config_from_dict(demo_config(out, data, steps, seed), out)
+    cfg = config_from_dict(demo_config(out, data, steps, seed, base), out)
     result = Trainer(cfg, log=log).run()
     adapter = Path(result.adapter)
     log(f"demo: adapter {adapter}")
@@ -114,11 +75,31 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 4
     stack = AdapterStack(model)
     stack.add(adapter, name="sks", strength=1.0)
     grid = sweep(model, "a red sks on a white background", list(STRENGTHS), adapter="sks", seed=seed, count=3,
-                 steps=25, cfg=3.0, sampler="ddim", progress=False)
+                 steps=sample_steps, cfg=3.0, sampler="ddim", progress=False)
     grid_path = save_png(grid, out / "grid.png")
     log(f"demo: strength sweep grid {grid_path}")
-    log("demo: evaluating (concept rate per strength, prior accuracy)...")
-    figures = evaluate(model, adapter="sks", per_prompt=per_prompt)
+    log(f"demo: evaluating ({per_prompt} samples per prompt; concept rate at every strength, prior accuracy at 0 "
+        "and 1, validation losses)...")
+    sets = ev.toy_sets(model)
+    rows = ev.evaluate(model, [adapter], strengths=STRENGTHS, sets=sets, toy=True, per_prompt=per_prompt,
+                       steps=sample_steps, prior_at=(0.0, 1.0), log=log)
+    paths = ev.write_outputs(rows, out / "eval")
+    base_row, ad = rows[0], {r.strength: r.figures for r in rows[1:]}
+    figures = {
+        "concept_rate": {f"{s:g}": ad[s]["concept_rate"] for s in STRENGTHS},
+        "concept_rate_base": base_row.figures["concept_rate"],
+        "prior_accuracy_base": base_row.figures["prior_accuracy"],
+        "prior_accuracy_adapter": ad[1.0]["prior_accuracy"],
+        "concept_colour": {f"{s:g}": ad[s]["concept_colour"] for s in STRENGTHS},
+        "diversity": {f"{s:g}": ad[s]["diversity"] for s in STRENGTHS},
+        "validation_loss": {"base": {k: v for k, v in base_row.figures.items() if k.startswith("loss_")},
+                            **{f"{s:g}": {k: v for k, v in ad[s].items() if k.startswith("loss_")}
+                               for s in STRENGTHS}},
+        "samples_per_point": {"concept": base_row.figures["samples_concept"],
+                              "prior": base_row.figures["samples_prior"]},
+        "eval_table": str(paths["table"]), "eval_plot": str(paths["plot"]),
+    }
+    figures["targets"] = check_targets(figures)
     baked = bake(base, [AdapterSpec(adapter, 1.0)], out / "baked.safetensors", progress=False)
     log(f"demo: baked checkpoint {baked}")
     report = {**figures, "adapter": str(adapter), "grid": str(grid_path), "baked": str(baked),
@@ -130,9 +111,25 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 4
     return report
 
 
+def check_targets(fig: dict) -> dict:
+    """The demo's targets (issue 7): concept rate ≥ 90% at strength 1, equal to the base's at 0, monotone
+    (non-decreasing) from 0 to 1; prior accuracy with the adapter within 5 points of the base's."""
+    rates = [fig["concept_rate"][f"{s:g}"] for s in STRENGTHS if s <= 1.0]
+    return {
+        "concept_rate_at_1_ge_90": fig["concept_rate"]["1"] >= 0.9,
+        "concept_rate_at_0_equals_base": fig["concept_rate"]["0"] == fig["concept_rate_base"],
+        "monotone_0_to_1": all(b >= a for a, b in zip(rates, rates[1:])),
+        "prior_within_5_points": abs(fig["prior_accuracy_adapter"] - fig["prior_accuracy_base"]) <= 0.05,
+    }
+
+
 def format_report(r: dict) -> str:
-    lines = ["strength   concept rate"]
-    lines += [f"{k:>8}   {v:6.1%}" for k, v in r["concept_rate"].items()]
+    lines = ["strength   concept rate   concept loss"]
+    vl = r.get("validation_loss", {})
+    lines += [f"{k:>8}   {v:12.1%}   {vl.get(k, {}).get('loss_concept', float('nan')):12.4f}"
+              for k, v in r["concept_rate"].items()]
     lines.append(f"prior accuracy: base {r['prior_accuracy_base']:.1%}, with the adapter "
                  f"{r['prior_accuracy_adapter']:.1%}   ({r['seconds']:.0f} s in all)")
+    if "targets" in r:
+        lines.append("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in r["targets"].items()))
     return "\n".join(lines)

@@ -56,6 +56,34 @@ def build_models(vocab_size: int, bos: int, eos: int):
     return vae, unet, te
 
 
+SD1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def make_pipeline(vae, unet, te, tokenizer):
+    """The StableDiffusionPipeline of the default model's parts with its DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**SD1_SCHEDULE), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_untrained(out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """The default model's architecture with random weights, saved like the real one (for tests and
+    benchmarks that need its shape, not its skills)."""
+    from transformers import CLIPTokenizer
+
+    out = Path(out)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tw.write_tokenizer(out / "tokenizer")))
+    torch.manual_seed(seed)
+    vae, unet, te = build_models(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    make_pipeline(vae, unet, te, tokenizer).to(dtype).save_pretrained(str(out))
+    return out
+
+
 def caption_for(scene: tw.Scene, rng: random.Random) -> str:
     u = rng.random()
     if u < 0.10:
@@ -172,7 +200,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
     out = Path(args.out)
@@ -214,8 +242,7 @@ def main(argv=None) -> int:
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     log(f"latents {tuple(latents.shape)} std {latents.std().item():.4f} -> scaling_factor {scale:.5f}")
-    sd1 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-               clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    sd1 = SD1_SCHEDULE
     train_sched = DDPMScheduler(**{k: v for k, v in sd1.items() if k not in ("set_alpha_to_one", "steps_offset")})
     done_before = state["step"] if prev is not None else 0
 
@@ -227,10 +254,7 @@ def main(argv=None) -> int:
     train_unet(unet, te, tokenizer, latents * scale, scenes, train_sched, args.unet_steps, args.unet_batch, args.lr,
                args.seed + done_before, log, save=save_work)
     save_work(args.unet_steps)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(**sd1), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_pipeline(vae, unet, te, tokenizer)
     result = gate(pipe)
     log(f"gate: {json.dumps(result)}")
     pipe.to(torch.float16).save_pretrained(str(out))
