@@ -7,8 +7,8 @@ the same background load on both, so the ratio is much steadier.
 
 - ``inference``: sdlora (``sdlora_side.inference_setup``) and diffusers + PEFT (``peer_peft.inference_setup``),
   four cases each (base, bypass 1 LoRA, bypass 4 LoRAs, fused 4 LoRAs): 8 models, one image per case per
-  round. Plus a diagnostic: one UNet forward of the base model, of sdlora's fused model, and of the fused
-  model with its idle bypass hooks removed.
+  round. Plus a diagnostic: one UNet forward of the base model and of sdlora's fused model (``fuse()`` takes
+  the bypass hooks off, so the two should run at the same speed).
 - ``train``: whole training runs — sdlora's ``Trainer`` and the peer's loop, each in a thread of its own,
   taking turns one optimiser step at a time (a baton passed in ``Trainer.on_step`` and in the peer loop's
   per-step hook). Each side's step time is measured from the moment it gets the turn back to the end of its
@@ -65,26 +65,22 @@ def inference(p: dict) -> dict:
 
 
 def fused_hooks(p: dict) -> dict:
-    """Diagnostic: one UNet forward (batch 2, as with CFG) of the base model, of sdlora's model with the 4
-    LoRAs fused (its idle bypass hooks still registered), and of the same with those hooks removed."""
+    """Diagnostic: one UNet forward (batch 2, as with CFG) of the base model and of sdlora's model with the 4
+    LoRAs fused (no hooks left on its layers)."""
     import torch
 
     from sdlora.models import open_model
     from sdlora.stack import AdapterStack
 
-    def fused_model(remove_hooks: bool):
+    def fused_model():
         m = open_model(p["model"], dtype="fp32")
         stack = AdapterStack(m)
         for i, f in enumerate(p["loras"]):
             stack.add(f, name=f"a{i}", strength=p["strength"])
         stack.fuse()
-        if remove_hooks:  # private state, touched only in this diagnostic
-            for layer in stack._layers.values():
-                layer.handle.remove()
         return m.unet
 
-    unets = {"base": open_model(p["model"], dtype="fp32").unet, "fused": fused_model(False),
-             "fused_no_hooks": fused_model(True)}
+    unets = {"base": open_model(p["model"], dtype="fp32").unet, "fused": fused_model()}
     u = unets["base"]
     side = int(u.config.sample_size)
     g = torch.Generator().manual_seed(0)

@@ -504,10 +504,10 @@ def miss_notes(rows: list[Row], A: dict | None, B: dict | None) -> list[str]:
                          f"PEFT's; the same sdlora modules behind a minimal hook (out + up(down(x))·γm) run at "
                          f"{r_min:.2f}×. ")
             if bypass_cost:
-                lora_path += ("So part of the gap is sdlora's bypass code path, not the LoRA math: per adapted layer "
-                              "AdapterModule.bypass/LoRAModule.delta_forward add a dtype cast of x, a separate "
-                              "multiplier multiply and a dtype cast of the result (forward and backward), and look up "
-                              "the parameter dtype through a generator on every call. ")
+                lora_path += ("So part of the gap is sdlora's bypass code path, not the LoRA math: beyond the minimal "
+                              "hook, each adapted layer runs AdapterModule._hook's checks (merged, enabled, module "
+                              "dropout) and LoRAModule.bypass's (DoRA, bias delta, dropout, input dtype) before the "
+                              "same two matmuls. ")
         it, lit = A["inter"], A["lyco_inter"]
 
         def t(job: Job, label: str) -> float | None:
@@ -534,7 +534,7 @@ def miss_notes(rows: list[Row], A: dict | None, B: dict | None) -> list[str]:
                 f"Outside the UNet, sdlora's step also does its own per-step work (Trainer._batch: reading and "
                 f"cropping each image, tokenising and encoding; the accelerate optimiser wrapper). What would close it: "
                 f"a profile of Trainer._batch against the recipe's data loader"
-                f"{', and a lean LoRA bypass path (one multiply by γ·m, no no-op dtype casts)' if bypass_cost else ''}.")
+                f"{', and a profile of LoRAModule.bypass against the minimal hook' if bypass_cost else ''}.")
         for algo in ("loha", "lokr"):
             if algo not in missed:
                 continue
@@ -559,18 +559,16 @@ def miss_notes(rows: list[Row], A: dict | None, B: dict | None) -> list[str]:
         pb = inf.med("peer.bypass1_over_base")
         sp = _ratio(inf.med("sdlora.bypass1.s_per_image"), inf.med("peer.bypass1.s_per_image"))
         if "fused" in missed:
-            fb, ff, fn = (inf.med(f"sdlora.unet_forward.{k}_s") for k in ("base", "fused", "fused_no_hooks"))
+            fb, ff = (inf.med(f"sdlora.unet_forward.{k}_s") for k in ("base", "fused"))
             hooks = ""
-            if fb and ff and fn:
-                hooks = (f"A UNet forward alone (same process, interleaved) takes {ff / fb:.3f}× base when fused and "
-                         f"{fn / fb:.3f}× base when fused with the hooks removed: ")
+            if fb and ff:
+                hooks = f" A UNet forward alone (same process, interleaved) takes {ff / fb:.3f}× base when fused."
             notes.append(
-                f"**fused ≤ 1.02× base** — missed. Fused layers keep their bypass hooks (each returns at once when "
-                f"the stack is fused), so every adapted layer still pays a Python hook call. {hooks}on the toy model "
-                f"one UNet call is milliseconds, so idle hooks on 96 layers show; the rest of a gap in s/image is "
-                f"noise at this number of rounds (diffusers' fused/base in the same process is "
-                f"{inf.med('peer.fused4_over_base'):.2f}×). What would "
-                f"close it: take the hooks off in fuse() and put them back in unfuse().")
+                f"**fused ≤ 1.02× base** — missed. fuse() takes the bypass hooks off, so a fused layer runs exactly "
+                f"the base layer's code with other weights.{hooks} On the toy model one image is a fraction of a "
+                f"second, so a gap of a few percent in s/image is within this number of rounds' noise (diffusers' "
+                f"fused/base in the same process is {inf.med('peer.fused4_over_base'):.2f}×). What would close it: "
+                f"more rounds, or judging it on the full-size model (workload b).")
         if "bypass" in missed:
             notes.append(
                 f"**bypass 1 LoRA ≤ 1.10× base** — missed. On this toy model one UNet call is a few milliseconds, and "

@@ -26,6 +26,11 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (no call when it already is)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def layer_kind(base: nn.Module) -> str:
     """"linear" or "conv" for the layers adapters support; raises TypeError otherwise."""
     if isinstance(base, nn.Linear):
@@ -89,6 +94,7 @@ class AdapterModule(nn.Module):
         self.module_dropout = float(module_dropout)
         self.enabled = True
         self.merged = False
+        self._dtype: torch.dtype | None = None  # cache of _param_dtype(); cleared by _apply (.to(), .half(), ...)
         self._backup: dict[str, Tensor] = {}
         self._handle = None
         if dora:
@@ -119,6 +125,11 @@ class AdapterModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.scale = self._scale_for(float(self.alpha))
+        self._dtype = None
+
+    def _apply(self, fn, recurse=True):
+        self._dtype = None  # .to() / .half() / .cuda() on this module or any parent may change the dtype
+        return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------ from a file
     @classmethod
@@ -149,6 +160,7 @@ class AdapterModule(nn.Module):
                     value.shape != self.dora_scale.shape or self.dora_scale.is_meta):
                 # the column-norm variant of old files, or a base layer on the meta device (no norms to take)
                 self.dora_scale = nn.Parameter(value.detach().float().clone())
+                self._dtype = None
                 continue
             if name not in own:
                 raise ValueError(f"unexpected tensor {name!r} for a {self.algo} module")
@@ -216,15 +228,18 @@ class AdapterModule(nn.Module):
         """The adapted layer's output given its input ``x`` and the base output ``out``."""
         m = self.multiplier
         if self.dora_scale is None:
-            d = self.delta_forward(x.to(self._param_dtype()))
-            y = out + (m * d).to(out.dtype) if isinstance(d, Tensor) else out
+            d = self.delta_forward(self._cast_in(x))
+            if isinstance(d, Tensor):
+                y = out + _as(d if m == 1.0 else m * d, out.dtype)
+            else:
+                y = out
         else:
             w = self.base.weight.to(self._param_dtype())
             f = self._dora_factor(w + self.delta_weight(), m)
             if f.shape[0] != w.shape[0]:  # column-norm DoRA: no per-output factor; use W' directly
                 return self._apply_weight(x, self.merged_weight(w, m).to(x.dtype)) + self._bias(out)
             b = self._bias(out)
-            y = (out - b) + self.delta_forward(x.to(self._param_dtype())).to(out.dtype)
+            y = (out - b) + _as(self.delta_forward(self._cast_in(x)), out.dtype)
             y = y * self._channel(f.reshape(-1).to(out.dtype), out) + b
         if self.diff_b is not None:
             y = y + m * self._channel(self.diff_b.to(out.dtype), out)
@@ -239,9 +254,16 @@ class AdapterModule(nn.Module):
         return v if self.kind == "linear" else v.view(1, -1, 1, 1)
 
     def _param_dtype(self) -> torch.dtype:
-        for p in self.parameters():
-            return p.dtype
-        return torch.float32
+        """The dtype of the module's first parameter (float32 without any), cached: ``_apply`` (``.to()``,
+        ``.half()``, ... on this module or a parent) and loading clear the cache."""
+        if self._dtype is None:
+            self._dtype = next((p.dtype for p in self.parameters()), torch.float32)
+        return self._dtype
+
+    def _cast_in(self, x: Tensor) -> Tensor:
+        """``x`` in the parameters' dtype (no call when it already is)."""
+        dtype = self._param_dtype()
+        return x if x.dtype == dtype else x.to(dtype)
 
     def attach(self) -> None:
         """Start adding this adapter's output to the base layer's (bypass mode)."""

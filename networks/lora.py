@@ -5,7 +5,8 @@ Conv k×k:      lora_down (r, in, kh, kw) with the base conv's stride/padding/di
 Conv Tucker:   lora_down (r, in, 1, 1), lora_mid (r, r, kh, kw), lora_up (out, r, 1, 1);
                ΔW[o, i] = Σ_a Σ_b up[o, a] · mid[a, b] · down[b, i]
 Init: down and mid kaiming-uniform (a=√5), up zeros, so ΔW starts at 0.
-The bypass path never builds ΔW: x → down (→ mid) → up.
+The bypass path never builds ΔW: x → down (→ mid) → ·γm → up (γ and the strength m in one multiply of
+the rank-sized activations; the dropout path of training keeps up(h)·γ, then ·m).
 """
 from __future__ import annotations
 
@@ -61,14 +62,38 @@ class LoRAModule(AdapterModule):
         return torch.einsum("oa,abhw,bi->oihw", up, self.lora_mid.weight, down.flatten(1))
 
     def delta_forward(self, x: Tensor) -> Tensor:
+        if not self._regularised():
+            return self._factored(x, self.scale)
         h = self.lora_down(x)
         if self.lora_mid is not None:
             h = self.lora_mid(h)
-        if self.training and self.dropout:
+        if self.dropout:
             h = F.dropout(h, self.dropout)
         scale = self.scale
-        if self.training and self.rank_dropout:
+        if self.rank_dropout:
             keep = (torch.rand(self.rank, device=h.device) > self.rank_dropout).to(h.dtype)
             h = h * (keep if self.kind == "linear" else keep.view(1, -1, 1, 1))
             scale = scale / (1.0 - self.rank_dropout)
         return self.lora_up(h) * scale
+
+    def bypass(self, x: Tensor, out: Tensor) -> Tensor:
+        """The lean path of plain LoRA (no DoRA, no bias delta, no dropout at work): out + up(down(x)·γm)."""
+        if self.dora_scale is not None or self.diff_b is not None or self._regularised():
+            return super().bypass(x, out)
+        d = self._factored(self._cast_in(x), self.scale * self.multiplier)
+        return out + (d if d.dtype == out.dtype else d.to(out.dtype))
+
+    def _regularised(self) -> bool:
+        """True while dropout or rank dropout acts (training mode)."""
+        return self.training and bool(self.dropout or self.rank_dropout)
+
+    def _factored(self, x: Tensor, k: float) -> Tensor:
+        """k·up(mid(down(x))), with k applied to the rank-sized activations (the fewest elements). Linear
+        layers call F.linear directly: no submodule call overhead on the path every adapted layer runs."""
+        if self.kind == "linear":
+            h = F.linear(x, self.lora_down.weight)
+            return F.linear(h if k == 1.0 else h * k, self.lora_up.weight)
+        h = self.lora_down(x)
+        if self.lora_mid is not None:
+            h = self.lora_mid(h)
+        return self.lora_up(h if k == 1.0 else h * k)

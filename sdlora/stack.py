@@ -16,12 +16,15 @@ base weight and the changes add up, W' = W + Σᵢ (Wᵢ'(W) − W); for LoRA/Lo
 W + Σᵢ mᵢ·γᵢ·ΔWᵢ, for DoRA the change of its decomposed weight. The result does not depend on the order.
 
 Bypass mode (the default) leaves the weights untouched: the stack puts one forward hook on every layer an
-adapter touches, which adds the contributions of the active adapters on that layer; adapters at strength 0
-cost nothing. Fused mode keeps ONE backup of every touched base layer and writes ``fold_weight(W, active
-modules)`` into it; ``unfuse`` copies the backups back, bit for bit. Changing a strength touches only that
-adapter's modules (and, when fused, refolds only the layers they sit on): O(its modules), independent of how
-many adapters are loaded. Both modes give the same outputs within fp32 tolerance; ``fold_weight`` is also
-what ``sdlora.bake`` uses, so a baked checkpoint holds exactly the fused weights.
+active adapter touches, which adds the contributions of the active adapters on that layer. Each layer keeps
+the list of its active modules ready (rebuilt by add, remove, strength changes, fuse and unfuse, which own
+the modules' ``enabled`` flags), and a layer with none, or any layer while fused, has no hook at all:
+adapters at strength 0 and fused adapters cost nothing per call. Fused mode keeps ONE backup of every touched
+base layer and writes ``fold_weight(W, active modules)`` into it; ``unfuse`` copies the backups back, bit for
+bit. Changing a strength touches only that adapter's modules (and, when fused, refolds only the layers they
+sit on): O(its modules), independent of how many adapters are loaded. Both modes give the same outputs
+within fp32 tolerance; ``fold_weight`` is also what ``sdlora.bake`` uses, so a baked checkpoint holds exactly
+the fused weights.
 """
 from __future__ import annotations
 
@@ -169,21 +172,17 @@ class _Layer:
     layer: nn.Module
     modules: list[tuple[str, AdapterModule]] = field(default_factory=list)  # (adapter name, module), in order
     backup: dict[str, Tensor] | None = None
-    handle: Any = None  # the bypass forward hook
+    live: tuple[tuple[AdapterModule, bool], ...] = ()  # (module, additive) of the enabled modules, in order
+    handle: Any = None  # the bypass forward hook: registered while ``live`` is not empty and the stack not fused
 
 
-def _bypass_hook(stack: "AdapterStack", state: _Layer):
+def _bypass_hook(state: _Layer):
     """The forward hook of one layer: base output plus the contribution of every active adapter on it."""
 
-    def hook(layer: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
-        if stack.fused:
-            return None
-        live = [m for _, m in state.modules if m.enabled]
-        if not live:
-            return None
+    def hook(layer: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x, y = args[0], out
-        for m in live:
-            y = m.bypass(x, y) if _additive(m) else y + (m.bypass(x, out) - out)
+        for m, additive in state.live:
+            y = m.bypass(x, y) if additive else y + (m.bypass(x, out) - out)
         return y
 
     return hook
@@ -249,10 +248,7 @@ class AdapterStack:
         adapter._factors = block_factors(network, bw, self.model.unet.config)
         self.adapters[name] = adapter
         for _, _, module in network.items_by_module():
-            state = self._layers.setdefault(id(module.base), _Layer(module.base))
-            state.modules.append((name, module))
-            if state.handle is None:
-                state.handle = state.layer.register_forward_hook(_bypass_hook(self, state))
+            self._layers.setdefault(id(module.base), _Layer(module.base)).modules.append((name, module))
         self._apply(adapter)
         return adapter
 
@@ -276,12 +272,15 @@ class AdapterStack:
         return adapter
 
     def _apply(self, adapter: Adapter) -> None:
-        """Set every module's multiplier; refold its layers when fused."""
+        """Set every module's multiplier; update its layers' hooks, and refold them when fused."""
         for module, component, w in adapter._factors:
             module.multiplier = module_multiplier(component, adapter.strength, adapter.te_strength, w)
             module.enabled = module.multiplier != 0.0
+        touched = {id(m.base) for m in adapter.modules()}
+        for key in touched:
+            self._sync(self._layers[key])
         if self.fused:
-            self._refold({id(m.base) for m in adapter.modules()})
+            self._refold(touched)
 
     # ---------------------------------------------------------------- remove
     def remove(self, name: str) -> None:
@@ -292,6 +291,7 @@ class AdapterStack:
         for key in touched:
             layer = self._layers[key]
             layer.modules = [(n, m) for n, m in layer.modules if n != name]
+            self._sync(layer)
         if self.fused:
             self._refold(touched)
         for key in touched:
@@ -310,6 +310,8 @@ class AdapterStack:
             return
         self.fused = True
         self._refold(set(self._layers))
+        for layer in self._layers.values():
+            self._sync(layer)
 
     @torch.no_grad()
     def unfuse(self) -> None:
@@ -320,6 +322,18 @@ class AdapterStack:
             self._restore(layer)
             self._drop_if_empty(key)
         self.fused = False
+        for layer in self._layers.values():
+            self._sync(layer)
+
+    def _sync(self, layer: _Layer) -> None:
+        """Rebuild the layer's list of active modules; register its hook or take it off to match."""
+        layer.live = tuple((m, _additive(m)) for _, m in layer.modules if m.enabled)
+        wanted = bool(layer.live) and not self.fused
+        if wanted and layer.handle is None:
+            layer.handle = layer.layer.register_forward_hook(_bypass_hook(layer))
+        elif not wanted and layer.handle is not None:
+            layer.handle.remove()
+            layer.handle = None
 
     def _drop_if_empty(self, key: int) -> None:
         layer = self._layers[key]
@@ -334,7 +348,7 @@ class AdapterStack:
             layer = self._layers.get(key)
             if layer is None:
                 continue
-            live = [m for _, m in layer.modules if m.enabled]
+            live = [m for m, _ in layer.live]
             if not live:
                 self._restore(layer)
                 continue

@@ -383,6 +383,43 @@ def test_lora_bypass_never_materialises_delta(monkeypatch, kind, tucker):
         mod.merge()  # the patch is effective: merging does need ΔW
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv1", "conv3"])
+def test_lora_lean_bypass(kind):
+    """The lean path (γ·m in one multiply, no no-op casts) equals W + m·γΔW in eval mode and in training mode
+    without regularisers, passes gradients, and follows a change of dtype (the cached parameter dtype is
+    cleared by .to())."""
+    base = make_layer(kind)
+    mod = LoRAModule(base, 4, 2)
+    randomize(mod)
+    mod.multiplier = 0.7
+    x = make_input(kind)
+    with torch.no_grad():
+        w = base.weight + 0.7 * mod.delta_weight()
+        expected = torch.nn.functional.linear(x, w, base.bias) if kind == "linear" else \
+            torch.nn.functional.conv2d(x, w, base.bias, stride=base.stride, padding=base.padding)
+    mod.attach()
+    for training in (False, True):
+        mod.train(training)
+        out = base(x)
+        assert_close(out.detach(), expected, f"lean bypass (training={training})")
+    out.pow(2).mean().backward()
+    assert mod.lora_down.weight.grad.abs().sum() > 0 and mod.lora_up.weight.grad.abs().sum() > 0
+    assert base.weight.grad is not None  # base not frozen here: the base path is untouched
+    mod.eval()
+    with torch.no_grad():
+        assert mod._param_dtype() == torch.float32
+        mod.to(torch.float64)  # adapter in float64, layer and input in float32
+        assert mod._param_dtype() == torch.float64
+        out = base(x)
+        assert out.dtype == torch.float32
+        assert_close(out, expected, "lean bypass, float64 adapter")
+        mod.to(torch.float32)
+        base.to(torch.float64)  # layer and input in float64, adapter in float32
+        out = base(x.double())
+        assert out.dtype == torch.float64
+        assert_close(out.float(), expected, "lean bypass, float64 layer")
+
+
 # ------------------------------------------------------------------------------ 3. initialisation
 INIT_CASES = [
     ("lora", "linear", {}), ("lora", "conv1", {}), ("lora", "conv3", {}), ("lora", "conv3", {"tucker": True}),

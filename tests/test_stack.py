@@ -138,6 +138,47 @@ def test_strength_zero_disables_and_te_strength(files):
     assert not any(m.enabled for m in a.modules()) and st.active() == []
 
 
+def _hooked(st: AdapterStack) -> int:
+    """How many of the stack's layers carry a forward hook."""
+    return sum(bool(layer.layer._forward_hooks) for layer in st._layers.values())
+
+
+def test_hooks_only_where_an_adapter_is_live(files):
+    """Layers whose adapters are all at strength 0, and every layer while fused, carry no hook at all (the
+    base layer's own forward, nothing per call); strength changes, remove and unfuse put hooks back exactly
+    where an active adapter sits, and the outputs follow."""
+    model = _model()
+    base = _unet_out(model)
+    st = AdapterStack(model)
+    st.add(files["locon"], strength=0.7)
+    n = len(st._layers)
+    assert _hooked(st) == n
+    on = _unet_out(model)
+    st.set_strength("locon", 0.0, te_strength=None)
+    assert _hooked(st) == 0
+    torch.testing.assert_close(_unet_out(model), base, rtol=0, atol=0)
+    st.add(files["loha"], strength=0.5)
+    loha_layers = {id(m.base) for m in st["loha"].modules()}
+    assert _hooked(st) == len(loha_layers) < n
+    st.fuse()
+    assert _hooked(st) == 0
+    fused = _unet_out(model)
+    st.set_strength("locon", 0.7, te_strength=None)  # refolds; still no hooks
+    assert _hooked(st) == 0
+    st.unfuse()
+    assert _hooked(st) == n
+    st.remove("loha")
+    assert _hooked(st) == n
+    torch.testing.assert_close(_unet_out(model), on, rtol=0, atol=0)
+    st.set_strength("locon", 0.0, te_strength=None)
+    st.add(files["loha"], strength=0.5)
+    torch.testing.assert_close(_unet_out(model), fused, rtol=1e-4, atol=1e-5)
+    st.clear()
+    assert st._layers == {}
+    assert not any(m._forward_hooks for m in model.unet.modules())
+    torch.testing.assert_close(_unet_out(model), base, rtol=0, atol=0)
+
+
 def test_block_weights_scale_each_module_by_its_block(files):
     model = _model()
     st = AdapterStack(model)
