@@ -47,8 +47,8 @@ def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None
     }
 
 
-def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 42, per_prompt: int = 4,
-             log=print, model_path: str | Path | None = None, sample_steps: int = 25) -> dict:
+def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 42, per_prompt: int = 2,
+             log=print, model_path: str | Path | None = None, sample_steps: int = 20) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
     from . import evaluate as ev
     from .bake import bake
@@ -78,11 +78,11 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 4
                  steps=sample_steps, cfg=3.0, sampler="ddim", progress=False)
     grid_path = save_png(grid, out / "grid.png")
     log(f"demo: strength sweep grid {grid_path}")
-    log(f"demo: evaluating ({per_prompt} samples per prompt; concept rate at every strength, prior accuracy at 0 "
-        "and 1, validation losses)...")
+    log(f"demo: evaluating ({per_prompt} samples per prompt; concept rate at every strength, prior accuracy "
+        "without the adapter and at 1, validation losses)...")
     sets = ev.toy_sets(model)
     rows = ev.evaluate(model, [adapter], strengths=STRENGTHS, sets=sets, toy=True, per_prompt=per_prompt,
-                       steps=sample_steps, prior_at=(0.0, 1.0), log=log)
+                       steps=sample_steps, prior_at=(1.0,), log=log)
     paths = ev.write_outputs(rows, out / "eval")
     base_row, ad = rows[0], {r.strength: r.figures for r in rows[1:]}
     figures = {

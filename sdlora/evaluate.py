@@ -285,22 +285,23 @@ def evaluate(model: BaseModel, adapters: Sequence[str | Path] = (), *, strengths
              steps: int = 25, cfg: float = 3.0, trigger: str = "sks", concept_shape: str = "star",
              prior_at: Sequence[float] | None = None, log: Callable[[str], None] = print) -> list[EvalRow]:
     """The base row, then one row per (adapter checkpoint, strength): validation losses of ``sets`` and,
-    for a toy-world model, the toy figures. ``prior_at`` limits the prior-accuracy samples to those
-    strengths (all when None)."""
+    for a toy-world model, the toy figures. ``prior_at`` limits the adapter rows' prior-accuracy samples to
+    those strengths (all when None; the base row always has them)."""
     from .stack import AdapterStack
 
     toy = is_toy_model(model) if toy is None else toy
     stack = model.stack if model.stack is not None else AdapterStack(model)
     rows: list[EvalRow] = []
 
-    def measure(strength: float) -> dict:
+    def measure(strength: float, base: bool = False) -> dict:
         fig: dict[str, Any] = {}
         for vs in sets:
             fig[f"loss_{vs.name}"] = vs.loss(model)
         if toy:
             fig.update(toy_figures(model, per_prompt=per_prompt, seed=seed, steps=steps, cfg=cfg,
                                    concept_shape=concept_shape, trigger=trigger,
-                                   prior=prior_at is None or any(math.isclose(strength, p) for p in prior_at)))
+                                   prior=base or prior_at is None
+                                   or any(math.isclose(strength, p) for p in prior_at)))
         return fig
 
     t0 = time.time()
@@ -308,7 +309,7 @@ def evaluate(model: BaseModel, adapters: Sequence[str | Path] = (), *, strengths
     for a in list(stack):
         stack.set_strength(a.name, 0.0)
     try:
-        rows.append(EvalRow("base", None, 0.0, measure(0.0)))
+        rows.append(EvalRow("base", None, 0.0, measure(0.0, base=True)))
         log(f"eval: base done ({time.time() - t0:.0f} s)")
         for path in adapters:
             path = Path(path)

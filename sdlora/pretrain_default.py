@@ -193,8 +193,10 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--work", default="runs/pretrain_default",
+                    help="folder for the run's working state (fp32 VAE, UNet + text encoder every 250 steps, log)")
     ap.add_argument("--continue-from", default=None,
-                    help="a work folder of an earlier run (OUT/_work): reuse its VAE and continue UNet + text "
+                    help="the work folder of an earlier run: reuse its VAE and continue UNet + text "
                          "encoder training from its last saved step for --unet-steps more steps")
     args = ap.parse_args(argv)
     if args.threads:
@@ -205,17 +207,20 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     t0 = time.time()
-    log_lines: list[str] = []
 
     def log(msg: str) -> None:
         line = f"[{time.time() - t0:7.1f}s] {msg}"
         print(line, flush=True)
-        log_lines.append(line)
         with open(work / "log.txt", "a") as f:
             f.write(line + "\n")
 
-    work = out / "_work"
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.continue_from and Path(args.continue_from).resolve() != work.resolve():
+        earlier = Path(args.continue_from) / "log.txt"
+        (work / "log.txt").write_text(earlier.read_text() if earlier.is_file() else "")
+    elif not args.continue_from:
+        (work / "log.txt").write_text("")
     tok_dir = out / "tokenizer"
     tw.write_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))

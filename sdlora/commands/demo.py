@@ -14,5 +14,5 @@ def register(sub) -> None:
     p.add_argument("--out", default="sdlora-demo", help="folder for everything the demo writes")
     p.add_argument("--steps", type=int, default=300, help="training steps")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--per-prompt", type=int, default=4, help="samples per prompt in the evaluation")
+    p.add_argument("--per-prompt", type=int, default=2, help="samples per prompt in the evaluation")
     p.set_defaults(func=run)
