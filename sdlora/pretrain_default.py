@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from . import toyworld as tw
 
@@ -93,9 +94,9 @@ def caption_for(scene: tw.Scene, rng: random.Random) -> str:
     return scene.caption()
 
 
-def render_dataset(n: int, seed: int) -> tuple[torch.Tensor, list[tw.Scene]]:
+def render_dataset(n: int, seed: int, shapes=tw.BASE_SHAPES) -> tuple[torch.Tensor, list[tw.Scene]]:
     rng = random.Random(seed)
-    scenes = [tw.sample_scene(rng) for _ in range(n)]
+    scenes = [tw.sample_scene(rng, shapes=shapes) for _ in range(n)]
     arr = np.stack([np.asarray(tw.render(s), dtype=np.float32) for s in scenes])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
     return x, scenes
@@ -123,6 +124,23 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, seed: int, log)
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step:5d} loss {loss.item():.4f} kl {kl.item():.3f}")
     vae.eval()
+
+
+@torch.no_grad()
+def vae_check(vae, n: int = 240, seed: int = 99) -> dict:
+    """Share of VAE reconstructions of fresh scenes (every shape, the concept shapes too) that the
+    classifier reads as the scene's shape and colour: the image codec must be able to show a concept
+    before any adapter can teach the UNet to make it."""
+    images, scenes = render_dataset(n, seed, shapes=tw.SHAPES)
+    rec = torch.cat([vae.decode(vae.encode(images[i:i + 60]).latent_dist.mean).sample for i in range(0, n, 60)])
+    arr = ((rec.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    out: dict = {}
+    for shape in tw.SHAPES:
+        idx = [i for i, sc in enumerate(scenes) if sc.shape == shape]
+        reads = [tw.classify(Image.fromarray(arr[i])) for i in idx]
+        out[shape] = {"shape": sum(r.shape == shape for r in reads) / max(len(idx), 1),
+                      "colour": sum(r.colour == scenes[i].colour for r, i in zip(reads, idx)) / max(len(idx), 1)}
+    return out
 
 
 @torch.no_grad()
@@ -187,12 +205,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="sdlora/assets/default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=6000)
-    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--unet-steps", type=int, default=1500)
-    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--unet-steps", type=int, default=2400)
+    ap.add_argument("--unet-batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--gate-steps", type=int, default=30, help="DDIM steps of the gate's samples")
     ap.add_argument("--work", default="runs/pretrain_default",
                     help="folder for the run's working state (fp32 VAE, UNet + text encoder every 250 steps, log)")
     ap.add_argument("--continue-from", default=None,
@@ -241,8 +260,12 @@ def main(argv=None) -> int:
         if prev.resolve() != work.resolve():
             torch.save(vae.state_dict(), work / "vae.pt")
     else:
-        train_vae(vae, images, args.vae_steps, args.vae_batch, args.seed, log)
+        vae_images, _ = render_dataset(args.images, args.seed + 1, shapes=tw.SHAPES)
+        log(f"rendered {len(vae_images)} images of every shape for the VAE")
+        train_vae(vae, vae_images, args.vae_steps, args.vae_batch, args.seed, log)
+        del vae_images
         torch.save(vae.state_dict(), work / "vae.pt")
+    log(f"vae reconstructions read correctly: {json.dumps(vae_check(vae))}")
     latents = encode_all(vae, images)
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
@@ -260,7 +283,7 @@ def main(argv=None) -> int:
                args.seed + done_before, log, save=save_work)
     save_work(args.unet_steps)
     pipe = make_pipeline(vae, unet, te, tokenizer)
-    result = gate(pipe)
+    result = gate(pipe, steps=args.gate_steps)
     log(f"gate: {json.dumps(result)}")
     pipe.to(torch.float16).save_pretrained(str(out))
     (out / "PRETRAIN.json").write_text(json.dumps({

@@ -219,3 +219,29 @@ def test_compare_two_algorithms(toy_folder, tmp_path):
     assert md[0].startswith("| algorithm") and len(md) == 4
     with pytest.raises(ConfigError, match="unknown algorithm"):
         compare(tmp_path / "x", ["dylora"], model_path=toy_folder)
+
+
+def test_pretrain_default_runs_saves_and_continues(tmp_path):
+    """The pretraining script end to end at toy sizes: a folder that opens as an SD 1.x model of the toy
+    world, PRETRAIN.json with the gate, and --continue-from adding steps to the saved work state."""
+    from sdlora.pretrain_default import main
+
+    out, work = tmp_path / "m", tmp_path / "work"
+    args = ["--out", str(out), "--work", str(work), "--images", "16", "--vae-steps", "2", "--vae-batch", "4",
+            "--unet-batch", "4", "--gate-steps", "1", "--threads", "1"]
+    assert main(args + ["--unet-steps", "3"]) == 0
+    info = json.loads((out / "PRETRAIN.json").read_text())
+    assert info["unet_steps"] == 3 and info["gate_fp32"]["samples"] == 36
+    assert 0.0 <= info["gate_fp32"]["colour_accuracy"] <= 1.0
+    model = open_model(out)
+    assert model.family == "sd1" and ev.is_toy_model(model)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # shipped in fp16
+    assert torch.load(work / "unet_te.pt", weights_only=True)["step"] == 3
+    assert main(args + ["--unet-steps", "2", "--continue-from", str(work)]) == 0
+    info = json.loads((out / "PRETRAIN.json").read_text())
+    assert info["unet_steps"] == 5 and info["continued_from_step"] == 3
+    log = (out / "PRETRAIN.log").read_text()
+    assert "vae step" in log and "continuing from" in log  # the first run's log is kept
