@@ -64,6 +64,8 @@ class AdapterModule(nn.Module):
     """
 
     algo: ClassVar[str] = ""
+    # delta() builds a new tensor (False where it returns a parameter): delta_weight may then scale it in place
+    fresh_delta: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -182,8 +184,13 @@ class AdapterModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define delta()")
 
     def delta_weight(self) -> Tensor:
-        """γ·ΔW: the change of W at strength 1 (without DoRA), in the base weight's shape."""
-        return self.delta() * self.scale
+        """γ·ΔW: the change of W at strength 1 (without DoRA), in the base weight's shape. Always a new tensor
+        (callers may change it in place); without autograd, a fresh ΔW is scaled in place (same values, one
+        weight-sized allocation fewer: baking and fusing are dominated by those)."""
+        d = self.delta()
+        if self.fresh_delta and not torch.is_grad_enabled():
+            return d.mul_(self.scale)
+        return d * self.scale
 
     def delta_forward(self, x: Tensor) -> Tensor:
         """γ·ΔW applied to x (no bias); algorithms with a factored path override this."""

@@ -17,6 +17,7 @@ from .base import AdapterModule, Tensor
 
 class FullModule(AdapterModule):
     algo = "full"
+    fresh_delta = False  # delta() is the ``diff`` parameter itself
 
     def __init__(self, base: nn.Module, rank: int = 1, alpha: float | None = None, *, train_bias: bool = True,
                  weight: bool = True, **kw):
@@ -45,6 +46,7 @@ class NormModule(AdapterModule):
     """A delta on a GroupNorm / LayerNorm's affine parameters (``w_norm``, ``b_norm``)."""
 
     algo = "norm"
+    fresh_delta = False  # delta() is the ``w_norm`` parameter itself
 
     def __init__(self, base: nn.Module, rank: int = 1, alpha: float | None = None, *, train_bias: bool = True, **kw):
         if not isinstance(base, (nn.GroupNorm, nn.LayerNorm)) or base.weight is None:

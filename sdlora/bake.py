@@ -172,9 +172,11 @@ def layer_groups(networks: Sequence[Network]) -> dict[tuple[str, str], list[Adap
     return groups
 
 
-def baked_getter(source: Source, groups: dict[tuple[str, str], list[AdapterModule]]) -> Getter:
-    """get(component, key): the source tensor with the adapters on its layer folded in (float32 result for
-    touched weights and biases, the source tensor otherwise)."""
+def baked_getter(source: Source, groups: dict[tuple[str, str], list[AdapterModule]],
+                 dtype: torch.dtype | None = None) -> Getter:
+    """get(component, key): the source tensor with the adapters on its layer folded in (computed in float32;
+    a touched weight comes back in its stored dtype when that is the output ``dtype`` (None: as stored),
+    float32 otherwise; a touched bias in float32), the source tensor itself when nothing touches it."""
 
     @torch.no_grad()
     def get(component: str, key: str) -> torch.Tensor:
@@ -184,7 +186,9 @@ def baked_getter(source: Source, groups: dict[tuple[str, str], list[AdapterModul
         if not mods:
             return t
         if param == "weight":
-            return fold_weight(t.float(), mods)
+            # fold_weight casts back to the dtype it is given, exactly as the writer would cast a float32
+            # result; given the stored tensor it also sums into its own float32 copy (no extra copy).
+            return fold_weight(t if dtype in (None, t.dtype) else t.float(), mods)
         if param == "bias":
             return fold_bias(t.float(), mods)
         return t
@@ -206,7 +210,7 @@ def bake(model: str | Path, adapters: Sequence[AdapterSpec], out: str | Path, *,
     source = open_source(model, family=family, prediction_type=prediction_type, config=config)
     loaded = load_networks(source, adapters, strict=strict)
     groups = layer_groups([n for _, n, _ in loaded])
-    get = baked_getter(source, groups)
+    get = baked_getter(source, groups, dtype)
     pred = source.prediction_type or _probe(source)
     keys = {c: list(m.state_dict()) for c, m in source.skeletons.items()}
     shapes = {c: {k: tuple(v.shape) for k, v in m.state_dict().items()} for c, m in source.skeletons.items()}

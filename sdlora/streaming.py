@@ -5,6 +5,12 @@ writes the safetensors header first (it only needs each tensor's name, dtype and
 producer for each tensor in turn, so at most one output tensor exists at a time. ``LazyFile`` reads a
 safetensors file one tensor at a time (``safe_open``). Both sides are atomic: a temporary file (or folder)
 beside the target is renamed over it only when complete.
+
+Writing gigabytes durably costs what the disk needs to store them; ``write_streamed`` hides most of it behind
+the producers' work: every ``WRITEBACK_BYTES`` it asks the kernel to start writing what it has written so far
+(``posix_fadvise(DONTNEED)`` on dirty pages starts their write-back and returns), so the fsync before the
+rename finds little left to do. Small tensors (norms, biases) reach the file through a ``BUFFER_BYTES``
+buffer rather than one system call each.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -31,6 +38,8 @@ ST_DTYPES: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
 }
 TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in ST_DTYPES.items()}
+WRITEBACK_BYTES = 16 << 20  # start the disk writing this often
+BUFFER_BYTES = 1 << 20  # gather smaller writes into writes of this size
 
 
 @dataclass
@@ -73,30 +82,52 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
-def write_streamed(path: str | Path, items: Iterable[Item], metadata: dict[str, str] | None = None) -> str:
+def write_streamed(path: str | Path, items: Iterable[Item], metadata: dict[str, str] | None = None, *,
+                   sha256: bool = False) -> str | None:
     """Write ``items`` as one safetensors file, atomically, producing one tensor at a time.
 
-    Each produced tensor must have the item's shape; it is cast to the item's dtype. Returns the sha256 hex
-    of the whole file (A1111's model hash is its first 10 digits)."""
+    Each produced tensor must have the item's shape; it is cast to the item's dtype. With ``sha256``, returns
+    the sha256 hex of the whole file (A1111's model hash is its first 10 digits), computed while writing;
+    else None (hashing gigabytes takes seconds; ``files.file_sha256`` gives it later, on demand)."""
     items = list(items)
     names = [i.name for i in items]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names in a streamed write")
     head = _header(items, metadata)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if sha256 else None
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            digest.update(head)
+        # "r+b": the temporary file exists, empty. Opening it with "wb" would truncate it, and ext4 then writes
+        # the whole file out synchronously when it is closed (its replace-by-truncate heuristic).
+        with open(tmp, "r+b", buffering=BUFFER_BYTES) as f:
+            out = _Output(f, digest)
+            out.write(head)
             for item in items:
                 t = item.produce()
                 if tuple(t.shape) != tuple(item.shape):
                     raise ValueError(f"{item.name}: produced shape {tuple(t.shape)}, announced {item.shape}")
-                data = _tensor_bytes(t.to(item.dtype))
-                f.write(data)
-                digest.update(data)
-                del t, data
-    return digest.hexdigest()
+                out.write(_tensor_bytes(t.to(item.dtype)))
+                del t
+    return digest.hexdigest() if digest is not None else None
+
+
+class _Output:
+    """A file being written: optional running hash, and write-back started every ``WRITEBACK_BYTES``."""
+
+    def __init__(self, f: BinaryIO, digest: Any = None):
+        self.f, self.digest = f, digest
+        self.written = self.flushed = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        self.written += len(data)
+        if self.written - self.flushed >= WRITEBACK_BYTES and hasattr(os, "posix_fadvise"):
+            self.f.flush()
+            with contextlib.suppress(OSError):  # only a hint: the fsync at the end writes whatever is left
+                os.posix_fadvise(self.f.fileno(), self.flushed, self.written - self.flushed,
+                                 os.POSIX_FADV_DONTNEED)
+            self.flushed = self.written
 
 
 class LazyFile:

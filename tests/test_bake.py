@@ -159,3 +159,43 @@ def test_cli_bake(tmp_path, capsys):
     rc = main(["bake", "--model", str(setup["base"]), "--lora", str(tmp_path / "none.safetensors"),
                "--out", str(tmp_path / "x.safetensors")])
     assert rc == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_write_streamed_hash_on_demand_and_write_back(tmp_path, monkeypatch):
+    """write_streamed hashes only when asked (and then the whole file's sha256); the write-back it starts along
+    the way (here every 1 KiB, through many small and a few large tensors) changes nothing in the bytes; an
+    existing target is replaced only at the end, and a failing producer leaves it as it was."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(n, generator=g).to(dt)
+               for i, (n, dt) in enumerate([(3, torch.float32), (700, torch.float16), (5, torch.bfloat16),
+                                            (0, torch.float32), (2048, torch.float32), (1, torch.float16)])}
+    tensors["i"] = torch.arange(7)
+
+    def items(fail_at: int | None = None):
+        def produce(k, i):
+            if i == fail_at:
+                raise KeyboardInterrupt
+            return tensors[k]
+        return [streaming.Item(k, t.dtype, tuple(t.shape), lambda k=k, i=i: produce(k, i))
+                for i, (k, t) in enumerate(tensors.items())]
+
+    calls = []
+    real = streaming.os.posix_fadvise
+    monkeypatch.setattr(streaming.os, "posix_fadvise", lambda *a: calls.append(a[1:3]) or real(*a))
+    monkeypatch.setattr(streaming, "WRITEBACK_BYTES", 1024)
+    out = tmp_path / "out.safetensors"
+    assert streaming.write_streamed(out, items(), {"a": "b"}) is None
+    assert len(calls) >= 2 and all(start + n <= out.stat().st_size for start, n in calls)
+    got = load_file(str(out))
+    assert got.keys() == tensors.keys() and all(torch.equal(got[k], tensors[k]) for k in tensors)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata() == {"a": "b"}
+    digest = streaming.write_streamed(out, items(), {"a": "b"}, sha256=True)
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        streaming.write_streamed(out, items(fail_at=4), {"c": "d"})
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]

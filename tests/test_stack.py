@@ -265,3 +265,30 @@ def test_parse_adapter_arg():
     assert s.strength == -0.5 and s.te_strength is None and s.block_weights.count(",") == 16
     with pytest.raises(ConfigError):
         parse_adapter_arg("a.safetensors:foo=1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fold_weight_leaves_its_inputs_alone(dtype):
+    """fold_weight sums in place into a float32 copy of its own and scales fresh ΔW in place: the weight it is
+    given and the adapters' parameters never change, and the result is W + Σ m·γ·ΔW computed as before."""
+    from sdlora.networks import FullModule, LoHaModule, LoRAModule
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24)
+    mods = [LoRAModule(layer, 4, 2), LoHaModule(layer, 4, 8), FullModule(layer)]
+    with torch.no_grad():
+        for m, mult in zip(mods, (0.7, -1.5, 1.0)):
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape) * 0.3)
+            m.multiplier = mult
+    params = [p.detach().clone() for m in mods for p in m.parameters()]
+    weight = layer.weight.detach().to(dtype)
+    before = weight.clone()
+    with torch.no_grad():
+        got = stack_mod.fold_weight(weight, mods)
+        expected = weight.float().clone()
+        for m in mods:
+            expected += m.multiplier * (m.delta() * m.scale)
+    assert torch.equal(weight, before)
+    assert all(torch.equal(p, q) for p, q in zip(params, [p for m in mods for p in m.parameters()]))
+    assert got.dtype == dtype and torch.equal(got, expected.to(dtype))
