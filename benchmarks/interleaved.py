@@ -14,6 +14,10 @@ the same background load on both, so the ratio is much steadier.
   per-step hook). Each side's step time is measured from the moment it gets the turn back to the end of its
   next step, so it is its own work only, and neighbouring steps of the two sides see the same load.
   (Peak memory and time to first step need processes of their own: run.py measures those apart.)
+- ``unet_forward``: the full-size SD 1.5 UNet's forward alone (workload b's inference figure): base, bypass
+  with one LoRA, the LoRA fused — one model switched between the three outside the timed calls. On the toy
+  model a LoRA's per-layer work is a large share of a tiny layer's; here it is a small share of large
+  matmuls, which is where "bypass ≤ 1.10× base" and "fused ≤ 1.02× base" are judged.
 - ``unet``: one forward + backward of the toy UNet (the training step without data, optimiser or
   trainer), per adapter implementation, on the layers the training runs use: sdlora LoRA vs PEFT LoRA
   (to_q/k/v/out.0), sdlora LoHa / LoKr vs lycoris-lora's (preset all = full). Plus sdlora's own LoRA
@@ -96,6 +100,67 @@ def fused_hooks(p: dict) -> dict:
         call(unet, 0)
     times = _rounds(unets, p["rounds"] * 8, call)
     return {f"sdlora.unet_forward.{k}_s": median(v) for k, v in times.items()}
+
+
+def unet_forward(p: dict) -> dict:
+    """Seconds of one UNet forward (no scheduler, VAE or text encoder) of the model at ``p["model"]`` with the
+    LoRA ``p["lora"]`` at ``p["strength"]``: base, bypass and fused, on ONE model switched between the cases
+    outside the timed calls (base = the LoRA at strength 0, which leaves no hook on any layer; fused =
+    ``fuse()``, which takes the hooks off; the hook counts are recorded). A warm-up call per case (whose
+    outputs are compared), then ``p["rounds"]`` rounds of one call per case, the order reversed every other
+    round; the ratios to base are the medians of the per-round ratios, with their interquartile range."""
+    import torch
+
+    from sdlora.models import open_model
+    from sdlora.stack import AdapterStack
+
+    model = open_model(p["model"], dtype="fp32")
+    unet_ = model.unet.eval()
+    stack = AdapterStack(model)
+    adapter = stack.add(p["lora"], name="lora", strength=p["strength"])
+
+    def switch(case: str) -> None:
+        if case == "fused":
+            stack.set_strength("lora", p["strength"])
+            stack.fuse()
+        else:
+            stack.unfuse()
+            stack.set_strength("lora", p["strength"] if case == "bypass" else 0.0)
+
+    g = torch.Generator().manual_seed(0)
+    b, side = p["batch"], p["latent"]
+    x = torch.randn(b, unet_.config.in_channels, side, side, generator=g)
+    h = torch.randn(b, 77, unet_.config.cross_attention_dim, generator=g)
+    t = torch.full((b,), 500)
+    cases = ("base", "bypass", "fused")
+    outs, hooks = {}, {}
+    for case in cases:
+        switch(case)
+        hooks[case] = sum(len(m._forward_hooks) for m in unet_.modules())
+        with torch.no_grad():
+            outs[case] = unet_(x, t, h).sample
+    times: dict[str, list[float]] = {c: [] for c in cases}
+    for r in range(p["rounds"]):
+        for case in (cases if r % 2 == 0 else cases[::-1]):
+            switch(case)
+            sync()
+            start = time.perf_counter()
+            with torch.no_grad():
+                unet_(x, t, h)
+            sync()
+            times[case].append(time.perf_counter() - start)
+    out: dict = {f"sdlora.unet.{c}_s": median(v) for c, v in times.items()}
+    for case in ("bypass", "fused"):
+        ratios = sorted(a / b for a, b in zip(times[case], times["base"]))
+        out[f"sdlora.unet.{case}_over_base"] = median(ratios)
+        out[f"sdlora.unet.{case}_over_base_iqr"] = [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]]
+    peak = outs["base"].abs().max().item()
+    out["lora_change"] = (outs["bypass"] - outs["base"]).abs().max().item() / peak  # relative to max |base|
+    out["bypass_vs_fused"] = (outs["bypass"] - outs["fused"]).abs().max().item() / peak
+    out["hooks"] = hooks
+    out["adapted_unet_layers"] = sum(1 for c, _, _ in adapter.network.items_by_module() if c == "unet")
+    out["samples"] = times
+    return out
 
 
 def unet(p: dict) -> dict:

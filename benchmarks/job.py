@@ -58,6 +58,7 @@ def _kinds():
         "lycoris.train": peer_lycoris.train,
         "interleaved.inference": interleaved.inference,
         "interleaved.unet": interleaved.unet,
+        "interleaved.unet_forward": interleaved.unet_forward,
         "interleaved.train": interleaved.train,
         "sdlora.bake": sdlora_side.bake,
         "plain.load_save": sdlora_side.plain_load_save,
