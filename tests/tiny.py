@@ -56,7 +56,10 @@ def tiny_tokenizer(path: str | pathlib.Path | None = None) -> CLIPTokenizer:
     """A CLIP tokenizer over single bytes: vocab.json (514 entries) and an empty merges.txt are written to
     `path` (a new temporary folder when None) and loaded. Each character of a word is one token, the last
     one in its `</w>` form; pad = eos = `<|endoftext|>` (id 513), bos = `<|startoftext|>` (id 512)."""
-    folder = pathlib.Path(path) if path is not None else pathlib.Path(tempfile.mkdtemp(prefix="tiny_tok_"))
+    if path is None:  # written to a temporary folder that is removed once loaded (the tokenizer keeps its vocab)
+        with tempfile.TemporaryDirectory(prefix="tiny_tok_") as tmp:
+            return tiny_tokenizer(tmp)
+    folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
