@@ -214,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gate-steps", type=int, default=30, help="DDIM steps of the gate's samples")
     ap.add_argument("--work", default="runs/pretrain_default",
                     help="folder for the run's working state (fp32 VAE, UNet + text encoder every 250 steps, log)")
+    ap.add_argument("--vae-from", default=None,
+                    help="a vae.pt of an earlier run's work folder: reuse that VAE, train UNet + text encoder afresh")
     ap.add_argument("--continue-from", default=None,
                     help="the work folder of an earlier run: reuse its VAE and continue UNet + text "
                          "encoder training from its last saved step for --unet-steps more steps")
@@ -239,7 +241,11 @@ def main(argv=None) -> int:
         earlier = Path(args.continue_from) / "log.txt"
         (work / "log.txt").write_text(earlier.read_text() if earlier.is_file() else "")
     elif not args.continue_from:
-        (work / "log.txt").write_text("")
+        earlier = Path(args.vae_from).parent / "log.txt" if args.vae_from else None
+        keep = earlier.read_text().split("[", 1)[0] + "".join(  # the VAE lines of the run that made it
+            line + "\n" for line in earlier.read_text().splitlines() if " vae " in line or "rendered" in line
+        ) if earlier is not None and earlier.is_file() and earlier.resolve() != (work / "log.txt").resolve() else ""
+        (work / "log.txt").write_text(keep)
     tok_dir = out / "tokenizer"
     tw.write_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
@@ -259,6 +265,11 @@ def main(argv=None) -> int:
         log(f"continuing from {prev} (UNet step {state['step']})")
         if prev.resolve() != work.resolve():
             torch.save(vae.state_dict(), work / "vae.pt")
+    elif args.vae_from:
+        vae.load_state_dict(torch.load(args.vae_from, weights_only=True))
+        vae.eval()
+        torch.save(vae.state_dict(), work / "vae.pt")
+        log(f"VAE from {args.vae_from}")
     else:
         vae_images, _ = render_dataset(args.images, args.seed + 1, shapes=tw.SHAPES)
         log(f"rendered {len(vae_images)} images of every shape for the VAE")
@@ -287,7 +298,7 @@ def main(argv=None) -> int:
     log(f"gate: {json.dumps(result)}")
     pipe.to(torch.float16).save_pretrained(str(out))
     (out / "PRETRAIN.json").write_text(json.dumps({
-        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
+        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_from": args.vae_from, "vae_batch": args.vae_batch,
         "unet_steps": done_before + args.unet_steps, "continued_from_step": done_before, "unet_batch": args.unet_batch, "lr": args.lr,
         "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(), "gate_fp32": result,
         "shapes": list(tw.BASE_SHAPES), "colours": list(tw.COLOURS), "backgrounds": list(tw.BACKGROUNDS),

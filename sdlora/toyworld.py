@@ -175,6 +175,25 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word: repeatedly merge the adjacent pair with the lowest rank (all occurrences)."""
+    while len(parts) > 1:
+        pairs = [(ranks[p], p) for p in zip(parts, parts[1:]) if p in ranks]
+        if not pairs:
+            break
+        a, b = min(pairs)[1]
+        out, i = [], 0
+        while i < len(parts):
+            if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
+                out.append(a + b)
+                i += 2
+            else:
+                out.append(parts[i])
+                i += 1
+        parts = out
+    return parts
+
+
 def write_tokenizer(folder: str | Path, words=WORDS, max_length: int = 77) -> Path:
     """A CLIP BPE tokenizer whose merges build each of ``words`` into one token (a word-level tokenizer
     that loads with transformers' CLIPTokenizer like any SD tokenizer). Other text falls back to bytes."""
@@ -182,20 +201,23 @@ def write_tokenizer(folder: str | Path, words=WORDS, max_length: int = 77) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     vocab: list[str] = chars + [c + "</w>" for c in chars]
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     seen = set(vocab)
-    for word in words:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            merges.append(f"{parts[0]} {parts[1]}")
-            if merged not in seen:
-                vocab.append(merged)
-                seen.add(merged)
-            parts = [merged] + parts[2:]
+    for word in dict.fromkeys(words):
+        # Run BPE with the merges so far; while the word is not one token, add a merge of its first pair at the
+        # end of the list (lowest priority): words done earlier never reach a state where it applies, so they
+        # keep tokenizing as one token.
+        while len(parts := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
+            pair = (parts[0], parts[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in seen:
+                vocab.append(pair[0] + pair[1])
+                seen.add(pair[0] + pair[1])
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     (folder / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>"}))
