@@ -19,14 +19,14 @@ import torch
 
 from . import toyworld as tw
 
-#: the network section of each algorithm's config. The same rank and alpha where the algorithms share
-#: them; LoCon/LoHa/LoKr also adapt the ResNet convs (preset "full", the usual LyCORIS choice), LoRA
+#: the network section of each algorithm's config (training as in the demo: 36 class images for prior
+#: preservation, batch 4, lr 3e-3, seed 42). The same rank and alpha where the algorithms share them; LoCon/LoHa/LoKr also adapt the ResNet convs (preset "full", the usual LyCORIS choice), LoRA
 #: the attention and feed-forward layers (kohya's default).
 ALGORITHMS: dict[str, dict] = {
-    "lora": {"algo": "lora", "rank": 8, "alpha": 4.0},
-    "locon": {"algo": "locon", "rank": 8, "alpha": 4.0, "conv_rank": 4, "conv_alpha": 2.0},
-    "loha": {"algo": "loha", "rank": 4, "alpha": 2.0, "conv_rank": 4, "conv_alpha": 2.0},
-    "lokr": {"algo": "lokr", "rank": 8, "alpha": 4.0, "factor": 4},
+    "lora": {"algo": "lora", "rank": 16, "alpha": 8.0},
+    "locon": {"algo": "locon", "rank": 16, "alpha": 8.0, "conv_rank": 8, "conv_alpha": 4.0},
+    "loha": {"algo": "loha", "rank": 8, "alpha": 4.0, "conv_rank": 4, "conv_alpha": 2.0},
+    "lokr": {"algo": "lokr", "rank": 16, "alpha": 8.0, "factor": 4},
 }
 TARGET = 0.9
 
@@ -40,12 +40,12 @@ def _file_facts(path: Path) -> dict:
     return {"file_bytes": path.stat().st_size, "parameters": params, "layers": layers}
 
 
-def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, steps: int = 400,
-            check_every: int = 50, seed: int = 42, per_prompt: int = 4, model_path: str | Path | None = None,
+def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, steps: int = 1000,
+            check_every: int = 250, seed: int = 42, per_prompt: int = 4, model_path: str | Path | None = None,
             sample_steps: int = 25, log: Callable[[str], None] = print) -> dict:
     """Train each algorithm on the demo's concept and measure it; see the module docstring."""
     from . import evaluate as ev
-    from .demo import default_model_path, demo_config
+    from .demo import default_model_path, demo_config, write_class_images
     from .errors import ConfigError
     from .models import open_model
     from .stack import AdapterStack
@@ -61,16 +61,17 @@ def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, s
     base = Path(model_path) if model_path else default_model_path()
     data = out / "data"
     tw.write_concept_dataset(data)
+    reg = write_class_images(base, out / "reg", seed=seed, steps=sample_steps)
     model = open_model(base, dtype=torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
     stack = AdapterStack(model)
     base_fig = ev.toy_figures(model, per_prompt=per_prompt, steps=sample_steps)
     log(f"compare: base concept rate {base_fig['concept_rate']:.1%}, prior accuracy {base_fig['prior_accuracy']:.1%}")
     results: dict = {"settings": {"steps": steps, "check_every": check_every, "seed": seed, "per_prompt": per_prompt,
-                                  "batch_size": 4, "learning_rate": 1e-3, "target": TARGET, "model": str(base)},
+                                  "batch_size": 4, "learning_rate": 3e-3, "target": TARGET, "model": str(base)},
                      "base": base_fig, "algorithms": {}}
     for name in algorithms:
-        cfg_dict = demo_config(out / name, data, steps, seed, base)
+        cfg_dict = demo_config(out / name, data, steps, seed, base, reg)
         cfg_dict["network"] = dict(ALGORITHMS[name])
         cfg_dict["training"].update(save_every_steps=check_every, keep_last=10_000)
         cfg_dict["output"] = {"dir": str(out / name), "name": name}

@@ -34,20 +34,43 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None = None) -> dict:
+def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None = None,
+                reg: Path | None = None) -> dict:
     """The demo's training config (the same keys as configs/quickstart.toml)."""
+    dataset = {"path": str(data), "trigger": "sks", "resolution": tw.SIZE, "min_image_side": 16,
+               "bucket_min_side": 16, "bucket_max_side": 64, "bucket_step": 8, "flip": True}
+    if reg is not None:
+        dataset.update(reg_path=str(reg), prior_loss_weight=1.0)
     return {
         "model": {"path": str(model or default_model_path())},
-        "network": {"algo": "lora", "rank": 8, "alpha": 4.0},
-        "dataset": {"path": str(data), "trigger": "sks", "resolution": tw.SIZE, "min_image_side": 16,
-                    "bucket_min_side": 16, "bucket_max_side": 64, "bucket_step": 8, "flip": True},
-        "training": {"max_steps": steps, "batch_size": 4, "learning_rate": 1e-3, "seed": seed,
+        "network": {"algo": "lora", "rank": 16, "alpha": 8.0},
+        "dataset": dataset,
+        "training": {"max_steps": steps, "batch_size": 4, "learning_rate": 3e-3, "seed": seed,
                      "save_every_steps": 0},
         "output": {"dir": str(out / "train"), "name": "demo-sks"},
     }
 
 
-def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 42, per_prompt: int = 2,
+def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt: int = 1, steps: int = 20) -> Path:
+    """DreamBooth's prior preservation: the base model's own samples of the base prompts (every colour,
+    shape and background) with their captions, used as regularisation images while the adapter trains,
+    so it learns the trigger word without redrawing what the base prompts show."""
+    from . import evaluate as ev
+    from .models import open_model
+
+    model = open_model(model_path, dtype=torch.float32)
+    model.pipe.set_progress_bar_config(disable=True)
+    scenes = [sc for sc in ev.prior_prompts() for _ in range(per_prompt)]
+    images = ev.sample_batch(model, [sc.caption() for sc in scenes], [seed + 70000 + k for k in range(len(scenes))],
+                             steps=steps, cfg=3.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (sc, arr) in enumerate(zip(scenes, images)):
+        ev._to_pil(arr).save(folder / f"{k:03d}.png")
+        (folder / f"{k:03d}.txt").write_text(sc.caption() + "\n")
+    return folder
+
+
+def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1000, seed: int = 42, per_prompt: int = 2,
              log=print, model_path: str | Path | None = None, sample_steps: int = 20) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
     from . import evaluate as ev
@@ -65,7 +88,9 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 300, seed: int = 4
     data = out / "data"
     tw.write_concept_dataset(data)
     log(f"demo: {len(list(data.glob('*.png')))} training images of the new concept in {data}")
-    cfg = config_from_dict(demo_config(out, data, steps, seed, base), out)
+    reg = write_class_images(base, out / "reg", seed=seed, steps=sample_steps)
+    log(f"demo: {len(list(reg.glob('*.png')))} class images from the base model for prior preservation in {reg}")
+    cfg = config_from_dict(demo_config(out, data, steps, seed, base, reg), out)
     result = Trainer(cfg, log=log).run()
     adapter = Path(result.adapter)
     log(f"demo: adapter {adapter}")

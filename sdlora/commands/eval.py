@@ -86,6 +86,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--compare", default=None, metavar="ALGOS",
                    help="instead: train and compare these algorithms on the demo concept, e.g. lora,locon,loha,lokr")
-    p.add_argument("--steps", type=int, default=400, help="--compare: training steps per algorithm")
-    p.add_argument("--check-every", type=int, default=50, help="--compare: checkpoint interval")
+    p.add_argument("--steps", type=int, default=1000, help="--compare: training steps per algorithm")
+    p.add_argument("--check-every", type=int, default=250, help="--compare: checkpoint interval")
     p.set_defaults(func=run)
