@@ -47,6 +47,7 @@ def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None
         "dataset": dataset,
         "training": {"max_steps": steps, "batch_size": 4, "learning_rate": 3e-3, "seed": seed,
                      "save_every_steps": 0},
+        "optimizer": {"scheduler": "cosine"},
         "output": {"dir": str(out / "train"), "name": "demo-sks"},
     }
 
