@@ -415,6 +415,17 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
+def _axes(panel: str, pts: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """(xmin, xmax, ymin, ymax) of a panel: rates on [0, 1], losses with a 10% margin."""
+    xmin, xmax = min(p[0] for p in pts), max(p[0] for p in pts)
+    xmax = xmax if xmax > xmin else xmin + 1.0
+    if panel == "rate":
+        return xmin, xmax, 0.0, 1.0
+    ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
+    margin = (ymax - ymin) * 0.1 or abs(ymax) * 0.05 or 1.0
+    return xmin, xmax, ymin - margin, ymax + margin
+
+
 def _pil_chart(series: dict[tuple[str, str], list[tuple[float, float]]]) -> Image.Image:
     from PIL import ImageDraw, ImageFont
 
@@ -433,14 +444,7 @@ def _pil_chart(series: dict[tuple[str, str], list[tuple[float, float]]]) -> Imag
         if not pts:
             d.text((x0 + 10, (y0 + y1) // 2), "no data", fill=(120, 120, 120), font=font)
             continue
-        xmin, xmax = min(p[0] for p in pts), max(p[0] for p in pts)
-        if panel == "rate":
-            ymin, ymax = 0.0, 1.0
-        else:
-            ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
-            margin = (ymax - ymin) * 0.1 or abs(ymax) * 0.05 or 1.0
-            ymin, ymax = ymin - margin, ymax + margin
-        xmax = xmax if xmax > xmin else xmin + 1.0
+        xmin, xmax, ymin, ymax = _axes(panel, pts)
         sx = lambda x: x0 + (x - xmin) / (xmax - xmin) * (x1 - x0)  # noqa: E731
         sy = lambda y: y1 - (y - ymin) / (ymax - ymin) * (y1 - y0)  # noqa: E731
         for k in range(5):
@@ -452,15 +456,7 @@ def _pil_chart(series: dict[tuple[str, str], list[tuple[float, float]]]) -> Imag
     for n, ((panel, label), pts) in enumerate(series.items()):
         colour = _PALETTE[n % len(_PALETTE)]
         x0, y0, x1, y1 = panels[panel]
-        allp = [p for (pn, _), s in series.items() if pn == panel for p in s]
-        xmin, xmax = min(p[0] for p in allp), max(p[0] for p in allp)
-        xmax = xmax if xmax > xmin else xmin + 1.0
-        if panel == "rate":
-            ymin, ymax = 0.0, 1.0
-        else:
-            ymin, ymax = min(p[1] for p in allp), max(p[1] for p in allp)
-            margin = (ymax - ymin) * 0.1 or abs(ymax) * 0.05 or 1.0
-            ymin, ymax = ymin - margin, ymax + margin
+        xmin, xmax, ymin, ymax = _axes(panel, [p for (pn, _), s in series.items() if pn == panel for p in s])
         xy = [(x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
               for x, y in sorted(pts)]
         if len(xy) > 1:
