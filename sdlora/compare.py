@@ -20,13 +20,14 @@ import torch
 from . import toyworld as tw
 
 #: the network section of each algorithm's config (training as in the demo: 36 class images for prior
-#: preservation, batch 4, lr 3e-3, seed 42). The same rank and alpha where the algorithms share them; LoCon/LoHa/LoKr also adapt the ResNet convs (preset "full", the usual LyCORIS choice), LoRA
-#: the attention and feed-forward layers (kohya's default).
+#: preservation, batch 4, lr 3e-3 with a cosine decay, seed 42). Every alpha equals its rank (scale 1, as
+#: the demo's LoRA); LoCon/LoHa/LoKr also adapt the ResNet convs (preset "full", the usual LyCORIS choice),
+#: LoRA the attention and feed-forward layers (kohya's default).
 ALGORITHMS: dict[str, dict] = {
-    "lora": {"algo": "lora", "rank": 16, "alpha": 8.0},
-    "locon": {"algo": "locon", "rank": 16, "alpha": 8.0, "conv_rank": 8, "conv_alpha": 4.0},
-    "loha": {"algo": "loha", "rank": 8, "alpha": 4.0, "conv_rank": 4, "conv_alpha": 2.0},
-    "lokr": {"algo": "lokr", "rank": 16, "alpha": 8.0, "factor": 4},
+    "lora": {"algo": "lora", "rank": 16, "alpha": 16.0},
+    "locon": {"algo": "locon", "rank": 16, "alpha": 16.0, "conv_rank": 8, "conv_alpha": 8.0},
+    "loha": {"algo": "loha", "rank": 8, "alpha": 8.0, "conv_rank": 4, "conv_alpha": 4.0},
+    "lokr": {"algo": "lokr", "rank": 16, "alpha": 16.0, "factor": 4},
 }
 TARGET = 0.9
 

@@ -43,7 +43,7 @@ def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None
         dataset.update(reg_path=str(reg), prior_loss_weight=1.0)
     return {
         "model": {"path": str(model or default_model_path())},
-        "network": {"algo": "lora", "rank": 16, "alpha": 8.0},
+        "network": {"algo": "lora", "rank": 16, "alpha": 16.0},
         "dataset": dataset,
         "training": {"max_steps": steps, "batch_size": 4, "learning_rate": 3e-3, "seed": seed,
                      "save_every_steps": 0},

@@ -55,6 +55,60 @@ def test_classifier_on_blank_and_base_only():
     assert tw.classify(star, shapes=tw.BASE_SHAPES).shape in tw.BASE_SHAPES  # restricted to the base shapes
 
 
+def _outline(points: int, inner: float, radius: float, blur: float, rot: float = 0.0, fill=(40, 80, 225),
+             bg=(245, 245, 245)):
+    """A 2·points-vertex outline (outer ``radius``, inner ``inner``·radius), drawn at 4× and reduced like
+    ``render``, then blurred by ``blur`` px: generated images have softer edges than the renderer's."""
+    import math
+
+    from PIL import Image, ImageDraw, ImageFilter
+
+    img = Image.new("RGB", (tw.SIZE * 4, tw.SIZE * 4), bg)
+    pts = []
+    for k in range(2 * points):
+        r = radius if k % 2 == 0 else radius * inner
+        a = math.radians(-90 + rot + 180 / points * k)
+        pts.append(((16 + r * math.cos(a)) * 4, (16 + r * math.sin(a)) * 4))
+    ImageDraw.Draw(img).polygon(pts, fill=fill)
+    img = img.resize((tw.SIZE, tw.SIZE), Image.LANCZOS)
+    return img.filter(ImageFilter.GaussianBlur(blur)) if blur else img
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.6, 1.0])
+def test_classifier_reads_blunt_stars_and_no_convex_shape_as_a_star(blur):
+    """A regression: generated stars have shorter, rounder points than the renderer's, and the area-matched
+    IoU template read clear five-pointed stars (inner/outer radius 0.6) as circles or squares. The star is
+    read from its outline's 5-fold signature; a pentagon (convex: inner/outer 0.81) or a blurred circle,
+    square or triangle is not a star."""
+    from PIL import ImageFilter
+
+    for radius in (6.5, 8.0, 9.5):
+        for inner in (0.42, 0.5, 0.6, 0.65):
+            img = _outline(5, inner, radius, blur, rot=5)
+            assert tw.classify(img).shape == "star", (radius, inner)
+            assert tw.classify(img, shapes=tw.BASE_SHAPES).shape in tw.BASE_SHAPES
+        pentagon = tw.classify(_outline(5, 0.81, radius, blur))
+        assert pentagon.shape != "star" and pentagon.star_signature < tw.STAR_SIGNATURE
+        for shape in tw.BASE_SHAPES:
+            img = tw.render(tw.Scene("green", shape, "gray", 16, 16, radius))
+            img = img.filter(ImageFilter.GaussianBlur(blur)) if blur else img
+            assert tw.classify(img).shape == shape, (shape, radius)
+
+
+def test_radial_harmonics_of_known_outlines():
+    def coverage(img):
+        a = np.asarray(img, dtype=np.float32)
+        return np.clip(np.sqrt(((a - 245.0) ** 2).sum(-1)) / np.sqrt(((np.array([40, 80, 225]) - 245.0) ** 2).sum()), 0, 1)
+
+    circle = tw.radial_harmonics(coverage(_outline(36, 1.0, 8.0, 0.0)))  # a 72-gon: a circle at this size
+    assert max(circle.values()) < 0.02
+    star = tw.radial_harmonics(coverage(_outline(5, 0.42, 8.0, 0.0)))
+    assert star[5] > 0.25 and star[3] < 0.05 and star[4] < 0.05
+    square = tw.radial_harmonics(coverage(_outline(4, 0.7071, 8.0, 0.0, rot=45)))  # vertices at the corners
+    assert 0.1 < square[4] < 0.16 and square[5] < 0.03
+    assert tw.radial_harmonics(np.zeros((32, 32))) == {3: 0.0, 4: 0.0, 5: 0.0}
+
+
 def test_render_is_deterministic():
     s = tw.Scene("blue", "triangle", "black", 15.5, 16.2, 7.3)
     assert np.array_equal(np.asarray(tw.render(s)), np.asarray(tw.render(s)))
