@@ -353,11 +353,21 @@ def _peft_pipeline(family: str, dora: bool = False, seed: int = 0):
                                      use_dora=dora, **unet_patterns))
     for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if te is not None:
-            te.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=PEFT_TE_TARGETS, init_lora_weights=False,
-                                      use_dora=dora, **te_patterns))
+            _add_te_adapter(te, LoraConfig(r=4, lora_alpha=2, target_modules=PEFT_TE_TARGETS,
+                                           init_lora_weights=False, use_dora=dora, **te_patterns))
     if dora:  # magnitudes start at the norms of W + ΔW; move them so they matter
         _randomise([(n, p) for n, p in pipe.unet.named_parameters() if "lora_magnitude_vector" in n], seed)
     return pipe
+
+
+def _add_te_adapter(te, config) -> None:
+    """PEFT LoRA on a transformers text encoder, as ``te.add_adapter(config)`` does, through peft itself:
+    transformers 5.24's add_adapter refuses peft < 0.22 (not released when this was written), while the
+    layers peft injects are the same either way."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, te, adapter_name="default")
+    te.peft_config = {"default": config}  # what add_adapter records; get_peft_model_state_dict reads it
 
 
 def _save_peft(pipe, folder) -> str:
