@@ -10,7 +10,8 @@ Writing gigabytes durably costs what the disk needs to store them; ``write_strea
 the producers' work: every ``WRITEBACK_BYTES`` it asks the kernel to start writing what it has written so far
 (``posix_fadvise(DONTNEED)`` on dirty pages starts their write-back and returns), so the fsync before the
 rename finds little left to do. Small tensors (norms, biases) reach the file through a ``BUFFER_BYTES``
-buffer rather than one system call each.
+buffer rather than one system call each, and the next tensor is produced in a worker thread while the
+current one is written.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,12 +103,18 @@ def write_streamed(path: str | Path, items: Iterable[Item], metadata: dict[str, 
         with open(tmp, "r+b", buffering=BUFFER_BYTES) as f:
             out = _Output(f, digest)
             out.write(head)
-            for item in items:
-                t = item.produce()
-                if tuple(t.shape) != tuple(item.shape):
-                    raise ValueError(f"{item.name}: produced shape {tuple(t.shape)}, announced {item.shape}")
-                out.write(_tensor_bytes(t.to(item.dtype)))
-                del t
+            # One tensor ahead: a worker thread produces tensor k+1 (reading it, folding adapters in) while this
+            # thread writes tensor k, so the producers' work and the disk's overlap; at most two produced
+            # tensors exist at once. Producers run one at a time, in order, so they need no locking.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdlora-produce") as pool:
+                pending = pool.submit(items[0].produce) if items else None
+                for k, item in enumerate(items):
+                    t = pending.result()
+                    pending = pool.submit(items[k + 1].produce) if k + 1 < len(items) else None
+                    if tuple(t.shape) != tuple(item.shape):
+                        raise ValueError(f"{item.name}: produced shape {tuple(t.shape)}, announced {item.shape}")
+                    out.write(_tensor_bytes(t.to(item.dtype)))
+                    del t
     return digest.hexdigest() if digest is not None else None
 
 
