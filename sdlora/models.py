@@ -203,6 +203,16 @@ def open_model(path: str | Path, *, family: str | None = None, prediction_type: 
     return _open_single_file(path, family, prediction_type, dtype, tokenizer, config)
 
 
+def _dtype_argument() -> str:
+    """The name of from_pretrained's dtype argument in the installed diffusers: ``dtype`` where it replaced
+    ``torch_dtype`` (which then warns that it is deprecated), ``torch_dtype`` in older releases."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def _open_folder(path: Path, family: str | None, prediction_type: str | None, dtype: torch.dtype | None,
                  tokenizer: str | Path | None) -> BaseModel:
     if not (path / "model_index.json").is_file():
@@ -216,7 +226,7 @@ def _open_folder(path: Path, family: str | None, prediction_type: str | None, dt
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        kwargs[_dtype_argument()] = dtype
     has_tokenizer = (path / "tokenizer").is_dir()
     if tokenizer is not None or not has_tokenizer:
         if fam is None:

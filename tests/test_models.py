@@ -124,6 +124,21 @@ def test_diffusers_folder_round_trip(family, tmp_path):
     _assert_equal_states(_states(model), _states(again))
 
 
+def test_folder_opens_in_the_asked_dtype_without_deprecation_warnings(tmp_path):
+    """open_model names the dtype as the installed diffusers wants it (``dtype`` where ``torch_dtype`` is
+    deprecated: the demo's output carried that warning)."""
+    import warnings
+
+    folder = models.save_model(models.from_pipeline(tiny_pipeline("sd1")), tmp_path / "folder", dtype="fp16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = models.open_model(folder, dtype=torch.float32)
+    assert [str(w.message) for w in caught if "dtype" in str(w.message)] == []
+    assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
+    half = models.open_model(folder, dtype=torch.float16)
+    assert {p.dtype for p in half.unet.parameters()} == {torch.float16}
+
+
 def test_overrides_and_sd2_epsilon(tmp_path):
     tok = tokenizer_dir(tmp_path)
     model = models.from_pipeline(tiny_pipeline("sd2", prediction_type="epsilon"))
