@@ -71,7 +71,7 @@ def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt
     return folder
 
 
-def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1000, seed: int = 42, per_prompt: int = 2,
+def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1200, seed: int = 42, per_prompt: int = 2,
              log=print, model_path: str | Path | None = None, sample_steps: int = 20) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
     from . import evaluate as ev
