@@ -4,7 +4,7 @@ Everything is built offline, once, under a work folder (default ``$TMPDIR/sdlora
 later runs (``--fresh`` rebuilds). Speed does not depend on the weights' values, so where trained weights
 are not at hand the models hold random weights of the real architecture, and RESULTS.md says which.
 
-- ``toy``: the embedded default model's architecture (``sdlora.pretrain_default.build_models``: 4.1M-param
+- ``toy``: the embedded default model's architecture (``sdlora.toy.pretrain.build_models``: 4.1M-param
   UNet on 8×8 latents, 32 px images, the toy world's word-level tokenizer). ``sdlora/assets/default`` is
   used when it exists; otherwise the same architecture with random weights is saved as a diffusers folder
   in fp16, as the embedded model is.
@@ -52,12 +52,12 @@ def toy_model(work: Path) -> tuple[Path, str]:
         return EMBEDDED_DEFAULT, "sdlora/assets/default (the embedded default model, trained weights)"
     folder = work / "toy-model"
     if not _ready(folder):
-        from sdlora.pretrain_default import write_untrained
+        from sdlora.toy.pretrain import write_untrained
 
         _fresh(folder)
         write_untrained(folder, seed=0)
         _mark(folder)
-    return folder, ("random weights, the embedded default model's architecture (sdlora.pretrain_default."
+    return folder, ("random weights, the embedded default model's architecture (sdlora.toy.pretrain."
                     "build_models + toyworld tokenizer; sdlora/assets/default did not exist yet), fp16 diffusers folder")
 
 
@@ -71,7 +71,7 @@ def toy_single_file(work: Path) -> Path:
     folder, _ = toy_model(work)
     out = work / f"toy-single-{_toy_tag()}" / "toy.safetensors"
     if not _ready(out.parent):
-        from sdlora.models import open_model, save_model
+        from sdlora.models.core import open_model, save_model
 
         _fresh(out.parent)
         save_model(open_model(folder), out, dtype="fp16")
@@ -83,7 +83,7 @@ def _random_lora(models: dict, family: str, folder: Path, name: str, seed: int, 
     """One LoRA (rank 16, attn-mlp, UNet + text encoder) with small random values, saved by sdlora."""
     import torch
 
-    from sdlora import adapters
+    from sdlora.adapters import core as adapters
     from sdlora.networks import Network, NetworkConfig
 
     torch.manual_seed(seed)
@@ -106,7 +106,7 @@ def toy_loras(work: Path, n: int = 4) -> list[dict[str, str]]:
     folder = work / f"toy-loras-{_toy_tag()}"
     index = folder / "index.json"
     if not _ready(folder):
-        from sdlora.models import open_model
+        from sdlora.models.core import open_model
 
         _fresh(folder)
         model = open_model(toy_model(work)[0])
@@ -150,8 +150,8 @@ def build_sd15(work: Path) -> dict[str, str]:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdlora import toyworld
-    from sdlora.models import from_pipeline, save_model
+    from sdlora.toy import world as toyworld
+    from sdlora.models.core import from_pipeline, save_model
 
     p = sd15_paths(work)
     _fresh(p["done"])

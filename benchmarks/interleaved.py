@@ -73,8 +73,8 @@ def fused_hooks(p: dict) -> dict:
     LoRAs fused (no hooks left on its layers)."""
     import torch
 
-    from sdlora.models import open_model
-    from sdlora.stack import AdapterStack
+    from sdlora.models.core import open_model
+    from sdlora.inference.stack import AdapterStack
 
     def fused_model():
         m = open_model(p["model"], dtype="fp32")
@@ -111,8 +111,8 @@ def unet_forward(p: dict) -> dict:
     round; the ratios to base are the medians of the per-round ratios, with their interquartile range."""
     import torch
 
-    from sdlora.models import open_model
-    from sdlora.stack import AdapterStack
+    from sdlora.models.core import open_model
+    from sdlora.inference.stack import AdapterStack
 
     model = open_model(p["model"], dtype="fp32")
     unet_ = model.unet.eval()

@@ -69,9 +69,9 @@ def inference_setup(p: dict) -> tuple[dict, dict]:
     """The four inference cases as callables ``case(seed)`` (one image each) — base, bypass with 1 and 4
     LoRAs, fused (4 LoRAs) — on four models side by side, and the timings of LoRA load+apply (one file onto
     a model, 8 times) and fuse/unfuse of the 4 LoRAs (``fuse_reps`` times)."""
-    from sdlora.generate import generate
-    from sdlora.models import open_model
-    from sdlora.stack import AdapterStack
+    from sdlora.inference.generate import generate
+    from sdlora.models.core import open_model
+    from sdlora.inference.stack import AdapterStack
 
     files, strength = p["loras"], p["strength"]
 
@@ -113,9 +113,9 @@ def bake(p: dict) -> dict:
     ~1,100 calls, negligible overhead) to tell where its time goes."""
     import os
 
-    import sdlora.bake as sd_bake_module
-    import sdlora.streaming as streaming
-    from sdlora.stack import AdapterSpec
+    import sdlora.tools.bake as sd_bake_module
+    import sdlora.files.streaming as streaming
+    from sdlora.inference.stack import AdapterSpec
 
     spent = {"fsync_s": 0.0, "writeback_s": 0.0, "sha256_s": 0.0, "fold_s": 0.0}
 

@@ -2,12 +2,12 @@
 
 This layer knows torch layers and tensors only: never file keys, never model families.
 """
-from .base import AdapterModule
-from .full import FullModule, NormModule
-from .loha import LoHaModule
-from .lokr import LoKrModule, factorization
-from .lora import LoRAModule
-from .network import ALGORITHMS, PRESETS, Network, NetworkConfig, preset_modules, select_modules, slot, unslot
+from sdlora.networks.base import AdapterModule
+from sdlora.networks.full import FullModule, NormModule
+from sdlora.networks.loha import LoHaModule
+from sdlora.networks.lokr import LoKrModule, factorization
+from sdlora.networks.lora import LoRAModule
+from sdlora.networks.network import ALGORITHMS, PRESETS, Network, NetworkConfig, preset_modules, select_modules, slot, unslot
 
 __all__ = [
     "AdapterModule", "LoRAModule", "LoHaModule", "LoKrModule", "FullModule", "NormModule", "factorization",

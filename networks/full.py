@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import AdapterModule, Tensor
+from sdlora.networks.base import AdapterModule, Tensor
 
 
 class FullModule(AdapterModule):

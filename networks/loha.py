@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import AdapterModule, Tensor
+from sdlora.networks.base import AdapterModule, Tensor
 
 
 def rebuild_tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import AdapterModule, Tensor
-from .loha import rebuild_tucker
+from sdlora.networks.base import AdapterModule, Tensor
+from sdlora.networks.loha import rebuild_tucker
 
 
 def factorization(dim: int, factor: int = -1) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import AdapterModule, Tensor
+from sdlora.networks.base import AdapterModule, Tensor
 
 
 class LoRAModule(AdapterModule):

@@ -26,11 +26,11 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .base import AdapterModule
-from .full import FullModule, NormModule
-from .loha import LoHaModule
-from .lokr import LoKrModule
-from .lora import LoRAModule
+from sdlora.networks.base import AdapterModule
+from sdlora.networks.full import FullModule, NormModule
+from sdlora.networks.loha import LoHaModule
+from sdlora.networks.lokr import LoKrModule
+from sdlora.networks.lora import LoRAModule
 
 ALGORITHMS: dict[str, type[AdapterModule]] = {
     "lora": LoRAModule,

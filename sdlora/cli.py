@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .errors import SdloraError
+from sdlora import __version__
+from sdlora.errors import SdloraError
+
+# Each module of sdlora/commands exposes `register(subparsers)`; the parser it adds sets `func`.
 
 # Each module of sdlora/commands exposes `register(subparsers)`; the parser it adds sets `func`.
 # Modules are found by name, so a new command needs no edit here.
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     import pkgutil
 
-    from . import commands
+    from sdlora import commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         importlib.import_module(f"sdlora.commands.{info.name}").register(sub)

@@ -19,8 +19,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from sdlora import files
-from sdlora.adapters import AdapterFile, build_metadata, load_adapter, save_adapter
+from sdlora.files import tensors as files
+from sdlora.adapters.core import AdapterFile, build_metadata, load_adapter, save_adapter
 from sdlora.errors import AdapterFileError
 from sdlora.networks import Network, NetworkConfig
 from tiny import tiny_components
@@ -481,7 +481,7 @@ def test_atomic_write_gives_plain_file_permissions(tmp_path):
     import os
     import stat
 
-    from sdlora import files as sdfiles
+    from sdlora.files import tensors as sdfiles
 
     mask = os.umask(0o022)
     try:

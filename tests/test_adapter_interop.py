@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from sdlora import files
-from sdlora.adapters import AdapterFile, load_adapter, save_adapter
+from sdlora.files import tensors as files
+from sdlora.adapters.core import AdapterFile, load_adapter, save_adapter
 from sdlora.errors import AdapterFileError
 from sdlora.networks import Network, NetworkConfig
 from tiny import tiny_components, tiny_pipeline

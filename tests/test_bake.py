@@ -11,12 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fake_adapters import make_adapter, tokenizer_dir
-from sdlora import bake as bake_mod, models, streaming
-from sdlora.bake import bake
+from sdlora.tools import bake as bake_mod
+from sdlora.models import core as models
+from sdlora.files import streaming
+from sdlora.tools.bake import bake
 from sdlora.cli import main
 from sdlora.errors import AdapterFileError
-from sdlora.generate import generate
-from sdlora.stack import AdapterSpec, AdapterStack
+from sdlora.inference.generate import generate
+from sdlora.inference.stack import AdapterSpec, AdapterStack
 from tiny import tiny_pipeline
 
 torch.set_num_threads(1)

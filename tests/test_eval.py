@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sdlora import evaluate as ev
-from sdlora import toyworld as tw
+from sdlora.evaluation import core as ev
+from sdlora.toy import world as tw
 from sdlora.errors import ConfigError
-from sdlora.models import open_model
+from sdlora.models.core import open_model
 from sdlora.networks.network import Network, NetworkConfig
-from sdlora.pretrain_default import write_untrained
-from sdlora.stack import AdapterStack
+from sdlora.toy.pretrain import write_untrained
+from sdlora.inference.stack import AdapterStack
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def toy_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_lora(toy_folder, tmp_path_factory):
     """A LoRA with non-zero up weights on the toy model (so it changes the output)."""
-    from sdlora.adapters import save_adapter
+    from sdlora.adapters.core import save_adapter
 
     model = open_model(toy_folder, dtype=torch.float32)
     net = Network.create(model.components(), NetworkConfig(algo="lora", rank=4, alpha=4.0, preset="attn-mlp"))
@@ -49,7 +49,7 @@ def toy_model(toy_folder):
 
 
 def test_is_toy_model(toy_model, tmp_path):
-    from sdlora.models import BaseModel
+    from sdlora.models.core import BaseModel
     from tiny import tiny_pipeline
 
     assert ev.is_toy_model(toy_model)
@@ -110,7 +110,7 @@ def test_validation_folder_skips_bad_images_and_reports(toy_model, tmp_path):
 
 
 def test_sample_batch_equals_one_at_a_time_and_generate(toy_model):
-    from sdlora.generate import generate
+    from sdlora.inference.generate import generate
 
     caps = ["a red sks on a white background", "a blue circle on a black background", "a green sks"]
     together = ev.sample_batch(toy_model, caps, [11, 12, 13], steps=4, batch=8)
@@ -183,7 +183,7 @@ def test_eval_command(toy_folder, toy_lora, tmp_path, capsys):
 
 
 def test_demo_end_to_end_on_random_weights(toy_folder, tmp_path):
-    from sdlora.demo import STRENGTHS, run_demo
+    from sdlora.toy.demo import STRENGTHS, run_demo
 
     lines: list[str] = []
     report = run_demo(tmp_path / "demo", steps=3, per_prompt=1, model_path=toy_folder, sample_steps=2,
@@ -204,7 +204,7 @@ def test_demo_end_to_end_on_random_weights(toy_folder, tmp_path):
 
 
 def test_compare_two_algorithms(toy_folder, tmp_path):
-    from sdlora.compare import compare
+    from sdlora.toy.compare import compare
 
     res = compare(tmp_path / "cmp", ["lora", "loha"], steps=4, check_every=2, per_prompt=1, model_path=toy_folder,
                   sample_steps=2, log=lambda m: None)
@@ -224,7 +224,7 @@ def test_compare_two_algorithms(toy_folder, tmp_path):
 def test_pretrain_default_runs_saves_and_continues(tmp_path):
     """The pretraining script end to end at toy sizes: a folder that opens as an SD 1.x model of the toy
     world, PRETRAIN.json with the gate, and --continue-from adding steps to the saved work state."""
-    from sdlora.pretrain_default import main
+    from sdlora.toy.pretrain import main
 
     out, work = tmp_path / "m", tmp_path / "work"
     args = ["--out", str(out), "--work", str(work), "--images", "16", "--vae-steps", "2", "--vae-batch", "4",

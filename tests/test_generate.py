@@ -10,11 +10,12 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fake_adapters import make_adapter, tokenizer_dir
-from sdlora import files, models
+from sdlora.files import tensors as files
+from sdlora.models import core as models
 from sdlora.cli import main
-from sdlora.generate import generate, read_parameters, sweep
-from sdlora.prompt_tags import parse_prompt
-from sdlora.stack import AdapterStack
+from sdlora.inference.generate import generate, read_parameters, sweep
+from sdlora.inference.prompt_tags import parse_prompt
+from sdlora.inference.stack import AdapterStack
 from tiny import tiny_pipeline
 
 torch.set_num_threads(1)

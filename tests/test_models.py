@@ -10,7 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fake_adapters import tokenizer_dir
-from sdlora import checkpoint, configs, models
+from sdlora.models import checkpoint
+from sdlora.models import configs
+from sdlora.models import core as models
 from sdlora.errors import ModelError
 from tiny import tiny_pipeline
 

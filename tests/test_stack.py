@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from fake_adapters import make_adapter
-from sdlora import blocks, models, stack as stack_mod
+from sdlora.inference import blocks
+from sdlora.models import core as models
+from sdlora.inference import stack as stack_mod
 from sdlora.errors import AdapterFileError, ConfigError
-from sdlora.stack import AdapterStack, parse_adapter_arg
+from sdlora.inference.stack import AdapterStack, parse_adapter_arg
 from tiny import full_size_unet, tiny_pipeline
 
 torch.set_num_threads(1)

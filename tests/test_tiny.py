@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import Transformer2DModel
 
-from sdlora.configs import config_dir, config_names
+from sdlora.models.configs import config_dir, config_names
 from sdlora.errors import ModelError
 from tiny import (
     FAMILIES, IMAGE_PX, LATENT_PX, TE2_PROJ, TEXT_DIM, full_size_text_encoders, full_size_unet,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdlora import files
-from sdlora.adapters import load_adapter, save_adapter
+from sdlora.files import tensors as files
+from sdlora.adapters.core import load_adapter, save_adapter
 from sdlora.cli import main
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.keys import kohya_name, normalize_module_path
@@ -325,7 +325,7 @@ def test_extract_recovers_a_baked_lora(baked, tmp_path):
 
 
 def test_extract_streams_a_single_file_tuned_model(baked, tmp_path):
-    from sdlora.models import open_model, save_model
+    from sdlora.models.core import open_model, save_model
 
     single = save_model(open_model(baked / "tuned"), tmp_path / "tuned.safetensors")
     weights = TunedWeights(single, "sd1")

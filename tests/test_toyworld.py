@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from transformers import CLIPTokenizer
 
-from sdlora import toyworld as tw
+from sdlora.toy import world as tw
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from sdlora.trainers.batches import epoch_batches, epoch_samples, local_slice, r
 from sdlora.trainers.captions import augment
 from sdlora.trainers.config import DatasetSection, SubsetSection
 from sdlora.trainers.data import DatasetError, scan
-from sdlora.trainers.images import BadImage, decode, to_bucket
+from sdlora.files.images import BadImage, decode, to_bucket
 from trainkit import draw, make_images
 
 
@@ -232,7 +232,7 @@ def test_bucket_assignment_report_and_no_upscale(tmp_path):
 def test_fit_to_bucket_crops_and_flips(tmp_path):
     img = Image.new("RGB", (64, 32), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 16, 32))  # white on the left quarter
-    from sdlora.trainers.images import Decoded
+    from sdlora.files.images import Decoded
 
     s = to_bucket(Decoded(img, None), (32, 32), "center")
     assert s.pixels.shape == (3, 32, 32) and s.original_size == (32, 64) and s.crop_top_left == (0, 16)

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from sdlora.files import read_tensors
+from sdlora.files.tensors import read_tensors
 from sdlora.trainers import Trainer, load_config
 from sdlora.trainers.state import StateError, find_state
 from trainkit import config, draw, make_images, one_thread, quiet, write_toml  # noqa: F401

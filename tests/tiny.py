@@ -26,7 +26,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdlora.configs import config_dir
+from sdlora.models.configs import config_dir
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 IMAGE_PX = 32  # tiny images are 32x32 RGB

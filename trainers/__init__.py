@@ -3,7 +3,7 @@
     from sdlora.trainers import load_config, train
     result = train(load_config("my.toml", ["training.max_steps=200"]))
 """
-from .config import TrainConfig, load_config
-from .loop import Trainer, TrainingStopped, TrainResult, train
+from sdlora.trainers.config import TrainConfig, load_config
+from sdlora.trainers.loop import Trainer, TrainingStopped, TrainResult, train
 
 __all__ = ["TrainConfig", "load_config", "Trainer", "TrainResult", "TrainingStopped", "train"]

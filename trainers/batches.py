@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import Dataset
+from sdlora.trainers.data import Dataset
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:

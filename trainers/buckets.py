@@ -12,9 +12,8 @@ import collections
 import math
 
 from sdlora.errors import ConfigError
-
-from .config import DatasetSection
-from .data import Dataset
+from sdlora.trainers.config import DatasetSection
+from sdlora.trainers.data import Dataset
 
 
 def make_buckets(resolution: tuple[int, int], min_side: int, max_side: int, step: int) -> list[tuple[int, int]]:

@@ -16,11 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sdlora import files
+from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError
-
-from .data import Item, Subset
-from .images import crop_box, decode, to_bucket
+from sdlora.trainers.data import Item, Subset
+from sdlora.files.images import crop_box, decode, to_bucket
 
 
 def _sha(*parts) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import Item, Subset
+from sdlora.trainers.data import Item, Subset
 
 
 def varies(subset: Subset) -> bool:

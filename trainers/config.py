@@ -507,6 +507,6 @@ def dump_toml(cfg: TrainConfig) -> str:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from sdlora.files import atomic_write_bytes
+    from sdlora.files.tensors import atomic_write_bytes
 
     atomic_write_bytes(path, dump_toml(cfg).encode("utf-8"))

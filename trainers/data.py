@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.errors import SdloraError
-
-from .config import DatasetSection, SubsetSection
-from .images import IMAGE_EXTENSIONS, BadImage, decode
+from sdlora.trainers.config import DatasetSection, SubsetSection
+from sdlora.files.images import IMAGE_EXTENSIONS, BadImage, decode
 
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 CAPTION_EXTENSIONS = (".txt", ".caption")

@@ -29,22 +29,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sdlora import adapters
+from sdlora.adapters import core as adapters
 from sdlora.errors import ConfigError, SdloraError
-from sdlora.models import BaseModel, open_model
+from sdlora.models.core import BaseModel, open_model
 from sdlora.networks import Network, NetworkConfig
-
-from . import buckets, state as states
-from .batches import epoch_batches, local_slice, rng_for
-from .cache import LatentCache, Store, TextCache, fit, module_identity, tokenizer_identity
-from .captions import augment, varies
-from .config import TrainConfig, save_config, to_dict
-from .data import Dataset, full_caption, scan
-from .encode import encode_pixels, encode_text, time_ids, vae_factor
-from .metadata import Progress, adapter_metadata
-from .monitor import Monitor
-from .noise import add_noise, draw, per_sample_loss, snr_weight, target
-from .optim import learning_rates, make_optimizer, make_scheduler, param_groups
+from sdlora.trainers import buckets, state as states
+from sdlora.trainers.batches import epoch_batches, local_slice, rng_for
+from sdlora.trainers.cache import LatentCache, Store, TextCache, fit, module_identity, tokenizer_identity
+from sdlora.trainers.captions import augment, varies
+from sdlora.trainers.config import TrainConfig, save_config, to_dict
+from sdlora.trainers.data import Dataset, full_caption, scan
+from sdlora.trainers.encode import encode_pixels, encode_text, time_ids, vae_factor
+from sdlora.trainers.metadata import Progress, adapter_metadata
+from sdlora.trainers.monitor import Monitor
+from sdlora.trainers.noise import add_noise, draw, per_sample_loss, snr_weight, target
+from sdlora.trainers.optim import learning_rates, make_optimizer, make_scheduler, param_groups
 
 _DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -114,7 +113,7 @@ class Trainer:
         self.log("buckets:\n" + buckets.report(self.dataset))
         self.prompts = []
         if cfg.sample.prompts:
-            from .samples import read_prompts
+            from sdlora.trainers.samples import read_prompts
 
             self.prompts = read_prompts(cfg.sample, cfg.resolution)
         elif cfg.sample.every_steps or cfg.sample.every_epochs or cfg.sample.at_start:
@@ -473,7 +472,7 @@ class Trainer:
     def sample(self, monitor: Monitor | None = None) -> list:
         if not self.prompts or not self.main:
             return []
-        from .samples import generate
+        from sdlora.trainers.samples import generate
 
         out = generate(self.model, self.network, self.prompts, self.cfg.output_dir / "samples",
                        f"step{self.step:06d}")
@@ -586,7 +585,7 @@ class Trainer:
 
 
 def _crop_after_flip(item, flip: bool) -> tuple[int, int]:
-    from .images import crop_box
+    from sdlora.files.images import crop_box
 
     (nw, _), (left, top) = crop_box(item.size, item.bucket, "center", None)
     return (top, nw - item.bucket[0] - left if flip else left)

@@ -7,12 +7,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdlora import adapters
+from sdlora.adapters import core as adapters
 from sdlora.networks import Network
-
-from .config import TrainConfig, to_dict
-from .data import Dataset
-from .optim import learning_rates
+from sdlora.trainers.config import TrainConfig, to_dict
+from sdlora.trainers.data import Dataset
+from sdlora.trainers.optim import learning_rates
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import NoiseSection
+from sdlora.trainers.config import NoiseSection
 
 
 @dataclass

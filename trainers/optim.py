@@ -16,8 +16,7 @@ import torch
 
 from sdlora.errors import ConfigError
 from sdlora.networks import Network
-
-from .config import OptimizerSection, TrainingSection
+from sdlora.trainers.config import OptimizerSection, TrainingSection
 
 
 class Lion(torch.optim.Optimizer):

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from sdlora.errors import ConfigError
-from sdlora.models import BaseModel
-
-from .config import SampleSection
+from sdlora.models.core import BaseModel
+from sdlora.trainers.config import SampleSection
 
 _OPTION = re.compile(r"^(\w+)\s*(.*)$", re.S)
 
@@ -76,7 +75,7 @@ def parse_line(line: str, defaults: SampleSection, resolution: tuple[int, int], 
     if p.width % 8 or p.height % 8 or p.width < 8 or p.height < 8 or p.steps < 1:
         raise ConfigError(f"{where}size {p.width}x{p.height} and steps {p.steps}: sizes must be multiples of 8 and "
                           "steps at least 1")
-    from sdlora import samplers
+    from sdlora.inference import samplers
 
     try:
         samplers.label(p.sampler)
@@ -102,7 +101,7 @@ def read_prompts(cfg: SampleSection, resolution: tuple[int, int]) -> list[Sample
 def generate(model: BaseModel, network: torch.nn.Module, prompts: list[SamplePrompt], out_dir: Path, tag: str
              ) -> list:
     """One image per prompt into ``out_dir`` as ``<tag>-<i>.png``; returns (path, PIL image) pairs."""
-    from sdlora.generate import generate as render, save_png
+    from sdlora.inference.generate import generate as render, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = network.training

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlora import files
+from sdlora.files import tensors as files
 from sdlora.errors import SdloraError
 
 STATE_VERSION = 1

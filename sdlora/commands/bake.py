@@ -1,9 +1,9 @@
 """`sdlora bake --model M --lora F:S [--lora ...] --out OUT [--format single-file|diffusers] [--dtype fp16]`."""
 from __future__ import annotations
 
-from ..bake import bake
-from ..stack import parse_adapter_arg
-from .generate import add_model_args
+from sdlora.tools.bake import bake
+from sdlora.inference.stack import parse_adapter_arg
+from sdlora.commands.generate import add_model_args
 
 
 def run(args) -> int:

@@ -1,7 +1,7 @@
 """`sdlora convert FILE --to kohya|lycoris|peft [--unet-names sgm|diffusers] --out OUT`."""
 from __future__ import annotations
 
-from ..tools import convert
+from sdlora.tools import convert
 
 
 def run(args) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from sdlora.toy.demo import run_demo
 
     run_demo(args.out, steps=args.steps, seed=args.seed, per_prompt=args.per_prompt)
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _floats(text: str) -> list[float]:
-    from ..errors import ConfigError
+    from sdlora.errors import ConfigError
 
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -16,10 +16,10 @@ def _floats(text: str) -> list[float]:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
+    from sdlora.errors import ConfigError
 
     if args.compare:
-        from ..compare import compare
+        from sdlora.toy.compare import compare
 
         compare(args.out, [a.strip() for a in args.compare.split(",") if a.strip()], steps=args.steps,
                 check_every=args.check_every, seed=42 if args.seed is None else args.seed, per_prompt=args.per_prompt, model_path=args.model)
@@ -27,9 +27,9 @@ def run(args) -> int:
 
     import torch
 
-    from .. import evaluate as ev
-    from ..demo import default_model_path
-    from ..models import open_model
+    from sdlora.evaluation import core as ev
+    from sdlora.toy.demo import default_model_path
+    from sdlora.models.core import open_model
 
     strengths = _floats(args.strengths)
     model = open_model(args.model or default_model_path(), dtype=torch.float32, tokenizer=args.tokenizer)

@@ -1,7 +1,7 @@
 """`sdlora extract --base M0 --tuned M1 --rank R [--conv-rank R2] --out OUT`."""
 from __future__ import annotations
 
-from ..tools import extract
+from sdlora.tools import extract
 
 
 def run(args) -> int:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
-from .. import files, samplers
-from ..errors import ConfigError
-from ..generate import generate, next_index, save_png, sweep
-from ..models import open_model
-from ..stack import AdapterStack, parse_adapter_arg
+from sdlora.files import tensors as files
+from sdlora.inference import samplers
+from sdlora.errors import ConfigError
+from sdlora.inference.generate import generate, next_index, save_png, sweep
+from sdlora.models.core import open_model
+from sdlora.inference.stack import AdapterStack, parse_adapter_arg
 
 
 def add_model_args(p) -> None:

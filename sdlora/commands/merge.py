@@ -1,8 +1,8 @@
 """`sdlora merge A.safetensors[:wA] B.safetensors[:wB] ... --out C [--method concat|svd] [--rank R | --energy E]`."""
 from __future__ import annotations
 
-from ..tools import merge, parse_input
-from ..tools.cli_args import add_format_args, add_rank_args, add_reference_args
+from sdlora.tools import merge, parse_input
+from sdlora.tools.cli_args import add_format_args, add_rank_args, add_reference_args
 
 
 def run(args) -> int:

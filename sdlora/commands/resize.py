@@ -1,8 +1,8 @@
 """`sdlora resize FILE --rank R | --energy E [--conv-rank R2] --out OUT`."""
 from __future__ import annotations
 
-from ..tools import resize
-from ..tools.cli_args import add_format_args, add_rank_args, add_reference_args
+from sdlora.tools import resize
+from sdlora.tools.cli_args import add_format_args, add_rank_args, add_reference_args
 
 
 def run(args) -> int:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
-    from ..trainers import Trainer, load_config
-    from ..trainers.state import find_state
+    from sdlora.errors import ConfigError
+    from sdlora.trainers import Trainer, load_config
+    from sdlora.trainers.state import find_state
 
     config = args.config
     if config is None:

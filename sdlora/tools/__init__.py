@@ -7,11 +7,11 @@
 - ``convert`` between key dialects (kohya / lycoris / peft, SGM or diffusers UNet names), bit for bit
 Each returns a ``Report``; ``Report.format()`` is what the CLI prints.
 """
-from .common import ModuleFit, Report, choose_rank, svd_factors
-from .convert import convert
-from .extract import extract
-from .merge import merge, parse_input
-from .resize import resize
+from sdlora.tools.common import ModuleFit, Report, choose_rank, svd_factors
+from sdlora.tools.convert import convert
+from sdlora.tools.extract import extract
+from sdlora.tools.merge import merge, parse_input
+from sdlora.tools.resize import resize
 
 __all__ = ["merge", "parse_input", "resize", "extract", "convert", "Report", "ModuleFit", "choose_rank",
            "svd_factors"]

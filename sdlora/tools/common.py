@@ -24,15 +24,16 @@ from typing import Any, Union
 import torch
 import torch.nn as nn
 
-from .. import files, keys
-from ..adapters import (
+from sdlora import keys
+from sdlora.files import tensors as files
+from sdlora.adapters.core import (
     FAMILY_NAMES, AdapterFile, adaptable_paths, adapter_tensors, build_metadata, build_module, module_algo,
     peft_metadata,
 )
-from ..errors import AdapterFileError, ConfigError, ModelError
-from ..networks import AdapterModule, Network
-from ..networks.full import FullModule, NormModule
-from ..networks.lora import LoRAModule
+from sdlora.errors import AdapterFileError, ConfigError, ModelError
+from sdlora.networks import AdapterModule, Network
+from sdlora.networks.full import FullModule, NormModule
+from sdlora.networks.lora import LoRAModule
 
 Tensor = torch.Tensor
 Key = tuple[str, str]  # (component, canonical module path)
@@ -85,8 +86,8 @@ class Reference:
 def shipped_skeleton(family: str) -> dict[str, nn.Module]:
     """The real-size UNet and text encoders of ``family`` on the meta device (no weights), from the
     configs shipped in sdlora/assets (``models.build_skeletons``)."""
-    from ..configs import config_dir
-    from ..models import SHIPPED, build_skeletons, read_config_folder
+    from sdlora.models.configs import config_dir
+    from sdlora.models.core import SHIPPED, build_skeletons, read_config_folder
 
     skeletons = build_skeletons(family, read_config_folder(config_dir(SHIPPED[family])))
     names = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
@@ -104,10 +105,10 @@ def open_reference(family: str | None, model: ModelLike = None) -> Reference:
         models = {c: m for c, m in model.items() if m is not None}
         fam, source = family, "given modules"
         if fam is None:
-            from ..models import detect_family
+            from sdlora.models.core import detect_family
             fam = detect_family(models["unet"].config, models.get("te2"))
     else:
-        from ..models import open_model
+        from sdlora.models.core import open_model
         base = model if hasattr(model, "components") else open_model(model)
         models, fam, source = base.components(), base.family, str(getattr(base, "source", "") or model)
         if family is not None and family != fam:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import build_metadata, peft_metadata
-from .. import files
-from ..errors import AdapterFileError, ConfigError
-from ..networks import Network
-from .common import (
+from sdlora.adapters.core import build_metadata, peft_metadata
+from sdlora.files import tensors as files
+from sdlora.errors import AdapterFileError, ConfigError
+from sdlora.networks import Network
+from sdlora.tools.common import (
     ModelLike, Report, dora_shape, built_module, check_dialect, dialect_of, output_name, peft_cannot_hold, read_source,
 )
 

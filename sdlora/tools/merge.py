@@ -18,11 +18,11 @@ from typing import Sequence
 
 import torch
 
-from ..adapters import FAMILY_NAMES
-from ..errors import AdapterFileError, ConfigError
-from ..networks import AdapterModule
-from ..networks.lora import LoRAModule
-from .common import (
+from sdlora.adapters.core import FAMILY_NAMES
+from sdlora.errors import AdapterFileError, ConfigError
+from sdlora.networks import AdapterModule
+from sdlora.networks.lora import LoRAModule
+from sdlora.tools.common import (
     Delta, Key, ModelLike, ModuleFit, Reference, Report, Source, algo_of, check_dialect, check_rank_options, file_family,
     is_kxk, lora_module, module_delta, open_reference, output_dtype, output_name, read_file, resolve,
     write_network,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..networks import AdapterModule
-from .common import (
+from sdlora.networks import AdapterModule
+from sdlora.tools.common import (
     Key, ModelLike, Report, carried_metadata, check_dialect, check_rank_options, is_kxk, lora_module,
     module_delta, output_dtype, output_name, read_source, write_network,
 )

@@ -19,19 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import toyworld as tw
-from .errors import ModelError
+from sdlora.toy import world as tw
+from sdlora.models.configs import default_model_path
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
-
-
-def default_model_path() -> Path:
-    """The embedded default model's folder; a clear error when it is not installed."""
-    if not (DEFAULT_MODEL / "model_index.json").is_file():
-        raise ModelError(f"the embedded default model is missing ({DEFAULT_MODEL}); reinstall sdlora, or make it "
-                         "with `python -m sdlora.pretrain_default --out sdlora/assets/default`")
-    return DEFAULT_MODEL
 
 
 def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None = None,
@@ -56,8 +47,8 @@ def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt
     """DreamBooth's prior preservation: the base model's own samples of the base prompts (every colour,
     shape and background) with their captions, used as regularisation images while the adapter trains,
     so it learns the trigger word without redrawing what the base prompts show."""
-    from . import evaluate as ev
-    from .models import open_model
+    from sdlora.evaluation import core as ev
+    from sdlora.models.core import open_model
 
     model = open_model(model_path, dtype=torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
@@ -74,13 +65,13 @@ def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt
 def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1200, seed: int = 42, per_prompt: int = 2,
              log=print, model_path: str | Path | None = None, sample_steps: int = 20) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
-    from . import evaluate as ev
-    from .bake import bake
-    from .generate import save_png, sweep
-    from .models import open_model
-    from .stack import AdapterSpec, AdapterStack
-    from .trainers.config import config_from_dict
-    from .trainers.loop import Trainer
+    from sdlora.evaluation import core as ev
+    from sdlora.tools.bake import bake
+    from sdlora.inference.generate import save_png, sweep
+    from sdlora.models.core import open_model
+    from sdlora.inference.stack import AdapterSpec, AdapterStack
+    from sdlora.trainers.config import config_from_dict
+    from sdlora.trainers.loop import Trainer
 
     t0 = time.time()
     base = Path(model_path) if model_path else default_model_path()

@@ -36,11 +36,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import blocks, files
-from .adapters import AdapterFile, LoadReport, load_adapter
-from .errors import AdapterFileError, ConfigError
-from .models import BaseModel
-from .networks import AdapterModule, Network
+from sdlora.inference import blocks
+from sdlora.files import tensors as files
+from sdlora.adapters.core import AdapterFile, LoadReport, load_adapter
+from sdlora.errors import AdapterFileError, ConfigError
+from sdlora.models.core import BaseModel
+from sdlora.networks import AdapterModule, Network
 
 Tensor = torch.Tensor
 _KEEP: Any = object()  # "leave unchanged" for optional arguments of set_strength

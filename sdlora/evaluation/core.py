@@ -6,7 +6,7 @@ For any model (SD 1.x, 2.x, XL):
   ``.txt`` files beside them) at fixed timesteps with fixed noise — the same number every time for the
   same model, adapter and strength, so base vs adapter, strengths and checkpoints compare directly.
 
-For the toy world of the embedded default model (``sdlora.toyworld``) additionally, from generated samples
+For the toy world of the embedded default model (``sdlora.toy.world``) additionally, from generated samples
 read by the deterministic classifier:
 
 - ``concept_rate``: share of samples of ``a <colour> <trigger> on a <background> background`` that show the
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import toyworld as tw
-from .errors import ConfigError
-from .models import BaseModel
+from sdlora.toy import world as tw
+from sdlora.errors import ConfigError
+from sdlora.models.core import BaseModel
 
 TIMESTEPS = (100, 300, 500, 700, 900)
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
@@ -56,7 +56,7 @@ class ValidationSet:
     @classmethod
     def from_images(cls, model: BaseModel, name: str, images: Sequence[Image.Image], captions: Sequence[str],
                     resolution: int | None = None, skipped=None) -> "ValidationSet":
-        from .trainers.encode import encode_pixels
+        from sdlora.trainers.encode import encode_pixels
 
         if not images:
             raise ConfigError(f"validation set {name!r} has no usable image")
@@ -71,7 +71,7 @@ class ValidationSet:
                     resolution: int | None = None) -> "ValidationSet":
         """Every image of ``folder`` with its ``.txt`` caption (empty when missing); unreadable images are
         skipped and listed in ``skipped``."""
-        from .trainers.images import IMAGE_EXTENSIONS, BadImage, decode
+        from sdlora.files.images import IMAGE_EXTENSIONS, BadImage, decode
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -96,8 +96,8 @@ class ValidationSet:
              ) -> float:
         """Mean MSE between the UNet's prediction and its target over every image × timestep; the noise of
         image i at timestep t comes from a generator seeded with (seed, i, t)."""
-        from .trainers.encode import encode_text, time_ids
-        from .trainers.noise import add_noise, target
+        from sdlora.trainers.encode import encode_text, time_ids
+        from sdlora.trainers.noise import add_noise, target
 
         unet = model.unet
         param = next(unet.parameters())
@@ -187,7 +187,7 @@ def sample_batch(model: BaseModel, captions: Sequence[str], seeds: Sequence[int]
                  ) -> list[np.ndarray]:
     """One image per (caption, seed) as (H, W, 3) floats in [0, 1], generated ``batch`` at a time with the
     model's current adapters; sample k uses its own CPU generator seeded with ``seeds[k]``."""
-    from .generate import _prepare
+    from sdlora.inference.generate import _prepare
 
     w, h = _prepare(model, sampler, size, size)
     out: list[np.ndarray] = []
@@ -268,7 +268,7 @@ class EvalRow:
 
 
 def _adapter_step(path: Path) -> int | None:
-    from .adapters import AdapterFile
+    from sdlora.adapters.core import AdapterFile
 
     try:
         meta = AdapterFile.read(path).metadata
@@ -287,7 +287,7 @@ def evaluate(model: BaseModel, adapters: Sequence[str | Path] = (), *, strengths
     """The base row, then one row per (adapter checkpoint, strength): validation losses of ``sets`` and,
     for a toy-world model, the toy figures. ``prior_at`` limits the adapter rows' prior-accuracy samples to
     those strengths (all when None; the base row always has them)."""
-    from .stack import AdapterStack
+    from sdlora.inference.stack import AdapterStack
 
     toy = is_toy_model(model) if toy is None else toy
     stack = model.stack if model.stack is not None else AdapterStack(model)
@@ -357,7 +357,7 @@ def format_table(rows: Sequence[EvalRow]) -> str:
 def plot(rows: Sequence[EvalRow], path: str | Path) -> Path:
     """Figures against strength, one line per checkpoint: rates in one panel, losses in the other.
     matplotlib when installed, else a chart drawn with pillow."""
-    from .files import atomic_path
+    from sdlora.files.tensors import atomic_path
 
     path = Path(path)
     series = _series(rows)
@@ -471,7 +471,7 @@ def _pil_chart(series: dict[tuple[str, str], list[tuple[float, float]]]) -> Imag
 
 def write_outputs(rows: Sequence[EvalRow], out: str | Path, extra: dict | None = None) -> dict[str, Path]:
     """``eval.json`` (every row), ``eval.txt`` (the table) and ``eval.png`` (the plot) in ``out``."""
-    from .files import atomic_path
+    from sdlora.files.tensors import atomic_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import keys as keynames
+from sdlora import keys as keynames
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PREFIXES: dict[str, dict[str, str]] = {

@@ -1,6 +1,6 @@
-"""Pretrain the embedded default model on the toy world (``sdlora.toyworld``).
+"""Pretrain the embedded default model on the toy world (``sdlora.toy.world``).
 
-    python -m sdlora.pretrain_default --out sdlora/assets/default [--vae-steps N --unet-steps N --seed S]
+    python -m sdlora.toy.pretrain --out sdlora/assets/default [--vae-steps N --unet-steps N --seed S]
 
 The model is a standard SD 1.x-layout latent-diffusion pipeline built from diffusers/transformers classes:
 AutoencoderKL (3 levels, 4 latent channels: 32 px images -> 8×8 latents), UNet2DConditionModel (channels
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import toyworld as tw
+from sdlora.toy import world as tw
 
 
 def build_models(vocab_size: int, bos: int, eos: int):

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, files, keys
-from .errors import AdapterFileError
-from .networks import ALGORITHMS, AdapterModule, Network
-from .networks.full import FullModule, NormModule
-from .networks.lokr import LoKrModule
-from .networks.lora import LoRAModule
+from sdlora import __version__, keys
+from sdlora.files import tensors as files
+from sdlora.errors import AdapterFileError
+from sdlora.networks import ALGORITHMS, AdapterModule, Network
+from sdlora.networks.full import FullModule, NormModule
+from sdlora.networks.lokr import LoKrModule
+from sdlora.networks.lora import LoRAModule
 
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import toyworld as tw
+from sdlora.toy import world as tw
 
 #: the network section of each algorithm's config (training as in the demo: 36 class images for prior
 #: preservation, batch 4, lr 3e-3 with a cosine decay, seed 42). Every alpha equals its rank (scale 1, as
@@ -33,7 +33,7 @@ TARGET = 0.9
 
 
 def _file_facts(path: Path) -> dict:
-    from .adapters import AdapterFile
+    from sdlora.adapters.core import AdapterFile
 
     af = AdapterFile.read(path)
     params = sum(t.numel() for mod in af.modules.values() for k, t in mod.items() if k != "alpha")
@@ -45,13 +45,13 @@ def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, s
             check_every: int = 250, seed: int = 42, per_prompt: int = 4, model_path: str | Path | None = None,
             sample_steps: int = 25, log: Callable[[str], None] = print) -> dict:
     """Train each algorithm on the demo's concept and measure it; see the module docstring."""
-    from . import evaluate as ev
-    from .demo import default_model_path, demo_config, write_class_images
-    from .errors import ConfigError
-    from .models import open_model
-    from .stack import AdapterStack
-    from .trainers.config import config_from_dict
-    from .trainers.loop import Trainer
+    from sdlora.evaluation import core as ev
+    from sdlora.toy.demo import default_model_path, demo_config, write_class_images
+    from sdlora.errors import ConfigError
+    from sdlora.models.core import open_model
+    from sdlora.inference.stack import AdapterStack
+    from sdlora.trainers.config import config_from_dict
+    from sdlora.trainers.loop import Trainer
 
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:

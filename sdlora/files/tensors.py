@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import AdapterFileError
+from sdlora.errors import AdapterFileError
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,

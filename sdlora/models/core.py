@@ -32,9 +32,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, checkpoint, configs, files, streaming, tokenizers
-from .errors import ModelError
-from .files import parse_dtype
+from sdlora import __version__
+from sdlora.models import checkpoint
+from sdlora.models import configs
+from sdlora.files import tensors as files
+from sdlora.files import streaming
+from sdlora.models import tokenizers
+from sdlora.errors import ModelError
+from sdlora.files.tensors import parse_dtype
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}

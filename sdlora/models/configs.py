@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pathlib
 
-from .errors import ModelError
+from sdlora.errors import ModelError
 
-ASSETS = pathlib.Path(__file__).parent / "assets" / "configs"
+ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets" / "configs"
+# The embedded default model (a small SD 1.x-layout diffusers folder, see sdlora/toy/).
+DEFAULT_MODEL = ASSETS.parent / "default"
 
 # name -> what it is; the folder under sdlora/assets/configs/ has the same name.
 KNOWN: dict[str, str] = {
@@ -36,3 +38,11 @@ def config_dir(name: str) -> pathlib.Path:
             "(`pip install --force-reinstall sdlora`)."
         )
     return path
+
+
+def default_model_path() -> pathlib.Path:
+    """The embedded default model's folder; a clear error when it is not installed."""
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise ModelError(f"the embedded default model is missing ({DEFAULT_MODEL}); reinstall sdlora, or make it "
+                         "with `python -m sdlora.toy.pretrain --out sdlora/assets/default`")
+    return DEFAULT_MODEL

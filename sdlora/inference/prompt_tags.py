@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AdapterFileError, ConfigError
+from sdlora.errors import AdapterFileError, ConfigError
 
 TAG = re.compile(r"<(?:lora|lyco):([^>]+)>")
 ADAPTER_SUFFIXES = (".safetensors", ".pt", ".ckpt")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from sdlora.errors import ModelError
 
 CLIP_L = "openai/clip-vit-large-patch14"
 # (repo, subfolder, pad token to force or None)

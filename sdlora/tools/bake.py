@@ -21,11 +21,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import blocks, checkpoint, files, models, streaming, tokenizers
-from .adapters import AdapterFile, load_adapter
-from .errors import ModelError
-from .networks import AdapterModule, Network
-from .stack import AdapterSpec, block_factors, fold_bias, fold_weight, module_multiplier
+from sdlora.inference import blocks
+from sdlora.models import checkpoint
+from sdlora.files import tensors as files
+from sdlora.models import core as models
+from sdlora.files import streaming
+from sdlora.models import tokenizers
+from sdlora.adapters.core import AdapterFile, load_adapter
+from sdlora.errors import ModelError
+from sdlora.networks import AdapterModule, Network
+from sdlora.inference.stack import AdapterSpec, block_factors, fold_bias, fold_weight, module_multiplier
 
 Getter = Callable[[str, str], torch.Tensor]
 

@@ -34,11 +34,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from . import __version__, prompt_tags, samplers
-from .errors import ConfigError
-from .files import atomic_path
-from .models import BaseModel
-from .stack import AdapterStack
+from sdlora import __version__
+from sdlora.inference import prompt_tags
+from sdlora.inference import samplers
+from sdlora.errors import ConfigError
+from sdlora.files.tensors import atomic_path
+from sdlora.models.core import BaseModel
+from sdlora.inference.stack import AdapterStack
 
 MAX_SEED = 2**32 - 1
 

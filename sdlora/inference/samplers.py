@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import ConfigError
+from sdlora.errors import ConfigError
 
 _KARRAS = {"use_karras_sigmas": True}
 _DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}

@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 import torch
 from safetensors import safe_open
 
-from .errors import ModelError
-from .files import atomic_path
+from sdlora.errors import ModelError
+from sdlora.files.tensors import atomic_path
 
 ST_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
