@@ -112,7 +112,3 @@ def _join(pieces: list[Piece]) -> list[Piece]:
             out.append(p)
     return out or [Piece("", 1.0)]
 
-
-def has_syntax(prompt: str) -> bool:
-    """Whether ``prompt`` uses any emphasis, escape or BREAK (else it reads as plain text)."""
-    return bool(re.search(r"[()\[\]\\]", prompt) or _BREAK.search(prompt))

@@ -75,6 +75,8 @@ def _plain(text: str) -> list[tuple[str, Any]]:
 def tokenize_pieces(pieces: list[Piece], tokenizer: Any, split: Splitter = _plain) -> list[Chunk]:
     """Lay the pieces' tokens into chunks of at most 75 (rules in the module docstring)."""
     comma = tokenizer.convert_tokens_to_ids(",</w>")
+    if comma == tokenizer.unk_token_id:  # a vocabulary without CLIP's comma token: no comma rule
+        comma = -2
     chunks: list[Chunk] = []
     cur = Chunk()
     last_comma = -1
