@@ -83,7 +83,7 @@ def _random_lora(models: dict, family: str, folder: Path, name: str, seed: int, 
     """One LoRA (rank 16, attn-mlp, UNet + text encoder) with small random values, saved by sdlora."""
     import torch
 
-    from sdlora.adapters import core as adapters
+    from sdlora import adapters
     from sdlora.networks import Network, NetworkConfig
 
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 
 from sdlora.files import tensors as files
-from sdlora.adapters.core import AdapterFile, build_metadata, load_adapter, save_adapter
+from sdlora.adapters import AdapterFile, build_metadata, load_adapter, save_adapter
 from sdlora.errors import AdapterFileError
 from sdlora.networks import Network, NetworkConfig
 from tiny import tiny_components

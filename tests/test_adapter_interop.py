@@ -32,7 +32,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from sdlora.files import tensors as files
-from sdlora.adapters.core import AdapterFile, load_adapter, save_adapter
+from sdlora.adapters import AdapterFile, load_adapter, save_adapter
 from sdlora.errors import AdapterFileError
 from sdlora.networks import Network, NetworkConfig
 from tiny import tiny_components, tiny_pipeline

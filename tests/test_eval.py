@@ -27,7 +27,7 @@ def toy_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_lora(toy_folder, tmp_path_factory):
     """A LoRA with non-zero up weights on the toy model (so it changes the output)."""
-    from sdlora.adapters.core import save_adapter
+    from sdlora.adapters import save_adapter
 
     model = open_model(toy_folder, dtype=torch.float32)
     net = Network.create(model.components(), NetworkConfig(algo="lora", rank=4, alpha=4.0, preset="attn-mlp"))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sdlora.files import tensors as files
-from sdlora.adapters.core import load_adapter, save_adapter
+from sdlora.adapters import load_adapter, save_adapter
 from sdlora.cli import main
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.keys import kohya_name, normalize_module_path

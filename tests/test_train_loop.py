@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sdlora.adapters.core import load_adapter
+from sdlora.adapters import load_adapter
 from sdlora.files.tensors import read_metadata, read_tensors
 from sdlora.models.core import open_model
 from sdlora.trainers import Trainer, TrainingStopped, load_config

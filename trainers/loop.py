@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sdlora.adapters import core as adapters
+from sdlora import adapters
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.models.core import BaseModel, open_model
 from sdlora.networks import Network, NetworkConfig

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdlora.adapters import core as adapters
+from sdlora import adapters
 from sdlora.networks import Network
 from sdlora.trainers.config import TrainConfig, to_dict
 from sdlora.trainers.data import Dataset

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 from sdlora.files import tensors as files
-from sdlora.adapters.core import FAMILY_NAMES, AdapterFile
+from sdlora.adapters import FAMILY_NAMES, AdapterFile
 
 _TRAINING_KEYS = {
     "ss_output_name": "name", "ss_num_train_images": "train_images", "ss_num_epochs": "epochs",

@@ -268,7 +268,7 @@ class EvalRow:
 
 
 def _adapter_step(path: Path) -> int | None:
-    from sdlora.adapters.core import AdapterFile
+    from sdlora.adapters import AdapterFile
 
     try:
         meta = AdapterFile.read(path).metadata

@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from sdlora.inference import blocks
 from sdlora.files import tensors as files
-from sdlora.adapters.core import AdapterFile, LoadReport, load_adapter
+from sdlora.adapters import AdapterFile, LoadReport, load_adapter
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.models.core import BaseModel
 from sdlora.networks import AdapterModule, Network

@@ -39,15 +39,12 @@ from sdlora.files import tensors as files
 from sdlora.files import streaming
 from sdlora.models import tokenizers
 from sdlora.errors import ModelError
+from sdlora.models.families import FAMILIES, FAMILY_NAMES, modelspec_architecture
 from sdlora.files.tensors import parse_dtype
 
-FAMILIES = ("sd1", "sd2", "sdxl")
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 PREDICTIONS = ("epsilon", "v_prediction")
 FORMATS = ("single-file", "diffusers")
 SHIPPED = {"sd1": "sd15", "sd2": "sd2-base", "sdxl": "sdxl"}  # sd2 v-prediction: sd21
-MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                  "sdxl": "stable-diffusion-xl-v1-base"}
 _TE_CLASSES = {"text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}
 
 
@@ -503,8 +500,7 @@ def probe_v_prediction(unet: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------- saving
 def single_file_metadata(family: str, prediction_type: str, cfgs: dict[str, dict], title: str = "") -> dict[str, str]:
     """sdlora's own keys (configs, family, prediction type) and modelspec keys other tools read."""
-    arch = "stable-diffusion-v2-768-v" if family == "sd2" and prediction_type == "v_prediction" \
-        else MODELSPEC_ARCH[family]
+    arch = modelspec_architecture(family, prediction_type == "v_prediction")
     return {
         "sdlora.configs": json.dumps(cfgs, sort_keys=True),
         "sdlora.family": family,

@@ -27,7 +27,7 @@ from sdlora.files import tensors as files
 from sdlora.models import core as models
 from sdlora.files import streaming
 from sdlora.models import tokenizers
-from sdlora.adapters.core import AdapterFile, load_adapter
+from sdlora.adapters import AdapterFile, load_adapter
 from sdlora.errors import ModelError
 from sdlora.networks import AdapterModule, Network
 from sdlora.inference.stack import AdapterSpec, block_factors, fold_bias, fold_weight, module_multiplier

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from sdlora import keys
 from sdlora.files import tensors as files
-from sdlora.adapters.core import (
+from sdlora.adapters import (
     FAMILY_NAMES, AdapterFile, adaptable_paths, adapter_tensors, build_metadata, build_module, module_algo,
     peft_metadata,
 )

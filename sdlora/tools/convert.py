@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sdlora.adapters.core import build_metadata, peft_metadata
+from sdlora.adapters import build_metadata, peft_metadata
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.networks import Network

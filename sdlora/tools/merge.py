@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from sdlora.adapters.core import FAMILY_NAMES
+from sdlora.adapters import FAMILY_NAMES
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.networks import AdapterModule
 from sdlora.networks.lora import LoRAModule

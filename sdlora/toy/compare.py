@@ -33,7 +33,7 @@ TARGET = 0.9
 
 
 def _file_facts(path: Path) -> dict:
-    from sdlora.adapters.core import AdapterFile
+    from sdlora.adapters import AdapterFile
 
     af = AdapterFile.read(path)
     params = sum(t.numel() for mod in af.modules.values() for k, t in mod.items() if k != "alpha")
