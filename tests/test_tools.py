@@ -457,7 +457,7 @@ def test_cli(baked, adapters, tmp_path, capsys):
 def test_svd_routes_give_the_best_truncation(monkeypatch, shape, low):
     """Every route (SVD for small layers; range for low-rank large ones; Gram for full-rank large ones)
     gives the optimal truncation error √(Σ_{i>r} σᵢ²) and is exact at full rank."""
-    from sdlora.tools import common
+    from sdlora.tools import svd as common
 
     torch.manual_seed(0)
     if low is None:

@@ -7,7 +7,8 @@
 - ``convert`` between key dialects (kohya / lycoris / peft, SGM or diffusers UNet names), bit for bit
 Each returns a ``Report``; ``Report.format()`` is what the CLI prints.
 """
-from sdlora.tools.common import ModuleFit, Report, choose_rank, svd_factors
+from sdlora.tools.report import ModuleFit, Report
+from sdlora.tools.svd import choose_rank, svd_factors
 from sdlora.tools.convert import convert
 from sdlora.tools.extract import extract
 from sdlora.tools.merge import merge, parse_input

@@ -21,9 +21,11 @@ from sdlora.adapters import build_metadata, peft_metadata
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.networks import Network
-from sdlora.tools.common import (
-    ModelLike, Report, dora_shape, built_module, check_dialect, dialect_of, output_name, peft_cannot_hold, read_source,
-)
+from sdlora.tools.delta import built_module, dora_shape
+from sdlora.tools.output import check_dialect, output_name, peft_cannot_hold
+from sdlora.tools.reference import ModelLike
+from sdlora.tools.report import Report
+from sdlora.tools.sources import dialect_of, read_source
 
 _DROP = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata", "format")
 

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from sdlora.errors import ModelError
 from sdlora.keys import normalize_module_path
 from sdlora.networks import AdapterModule, preset_modules
-from sdlora.tools.common import (
-    Delta, Key, Reference, Report, check_rank_options, is_kxk, lora_module, output_dtype, output_name,
-    write_network,
-)
+from sdlora.tools.delta import Delta
+from sdlora.tools.output import lora_module, output_dtype, output_name, write_network
+from sdlora.tools.reference import Key, Reference
+from sdlora.tools.report import Report
+from sdlora.tools.svd import check_rank_options, is_kxk
 
 _FOLDERS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 

@@ -22,11 +22,12 @@ from sdlora.adapters import FAMILY_NAMES
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.networks import AdapterModule
 from sdlora.networks.lora import LoRAModule
-from sdlora.tools.common import (
-    Delta, Key, ModelLike, ModuleFit, Reference, Report, Source, algo_of, check_dialect, check_rank_options, file_family,
-    is_kxk, lora_module, module_delta, open_reference, output_dtype, output_name, read_file, resolve,
-    write_network,
-)
+from sdlora.tools.delta import Delta, algo_of, module_delta
+from sdlora.tools.output import check_dialect, lora_module, output_dtype, output_name, write_network
+from sdlora.tools.reference import Key, ModelLike, Reference, open_reference
+from sdlora.tools.report import ModuleFit, Report
+from sdlora.tools.sources import ResolvedFile, file_family, read_file, resolve_file
+from sdlora.tools.svd import check_rank_options, is_kxk
 
 METHODS = ("concat", "svd")
 
@@ -104,7 +105,7 @@ def merge(inputs: Sequence[tuple[str | Path, float]], out: str | Path, *, method
     return report
 
 
-def _read_all(inputs, family, model) -> tuple[Reference, list[tuple[Source, float]]]:
+def _read_all(inputs, family, model) -> tuple[Reference, list[tuple[ResolvedFile, float]]]:
     files = [(read_file(p), float(w)) for p, w in inputs]
     fams = {af.path: file_family(af, family) for af, _ in files}
     known = {f for f in fams.values() if f is not None}
@@ -113,10 +114,10 @@ def _read_all(inputs, family, model) -> tuple[Reference, list[tuple[Source, floa
         raise AdapterFileError(f"the inputs are of different model families ({listing}); merge adapters of one "
                                "family only")
     ref = open_reference(known.pop() if known else family, model)
-    return ref, [(resolve(af, ref), w) for af, w in files]
+    return ref, [(resolve_file(af, ref), w) for af, w in files]
 
 
-def _check_inputs(sources: list[Source], method: str, ref: Reference) -> None:
+def _check_inputs(sources: list[ResolvedFile], method: str, ref: Reference) -> None:
     """Refuse, before any work, what the method cannot merge exactly."""
     for src in sources:
         for key, tensors in src.modules.items():
@@ -135,7 +136,7 @@ def _common(values: list):
     return values[0] if values and all(v == values[0] for v in values) else None
 
 
-def _concat(layer, key: Key, parts: list[tuple[float, Source]], deltas: list[Delta], total: Delta, gamma: float,
+def _concat(layer, key: Key, parts: list[tuple[float, ResolvedFile]], deltas: list[Delta], total: Delta, gamma: float,
             dtype: torch.dtype, name: str) -> tuple[AdapterModule, ModuleFit | None]:
     """The exact concatenation of plain LoRA/LoCon factors (bias and norm deltas summed)."""
     if total.weight is None:

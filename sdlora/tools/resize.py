@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from sdlora.networks import AdapterModule
-from sdlora.tools.common import (
-    Key, ModelLike, Report, carried_metadata, check_dialect, check_rank_options, is_kxk, lora_module,
-    module_delta, output_dtype, output_name, read_source, write_network,
-)
+from sdlora.tools.delta import module_delta
+from sdlora.tools.output import carried_metadata, check_dialect, lora_module, output_dtype, output_name, write_network
+from sdlora.tools.reference import Key, ModelLike
+from sdlora.tools.report import Report
+from sdlora.tools.sources import read_source
+from sdlora.tools.svd import check_rank_options, is_kxk
 
 
 def resize(path: str | Path, out: str | Path, *, rank: int | None = None, energy: float | None = None,
