@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sdlora.evaluation import core as ev
+from sdlora import evaluation as ev
+from sdlora.toy import evaluate as tev
 from sdlora.toy import world as tw
 from sdlora.errors import ConfigError
 from sdlora.models.core import open_model
@@ -52,8 +53,8 @@ def test_is_toy_model(toy_model, tmp_path):
     from sdlora.models.core import BaseModel
     from tiny import tiny_pipeline
 
-    assert ev.is_toy_model(toy_model)
-    assert not ev.is_toy_model(BaseModel(tiny_pipeline("sd1"), "sd1"))
+    assert tev.is_toy_model(toy_model)
+    assert not tev.is_toy_model(BaseModel(tiny_pipeline("sd1"), "sd1"))
 
 
 def test_validation_loss_matches_diffusers_by_hand(toy_model):
@@ -82,7 +83,7 @@ def test_validation_loss_matches_diffusers_by_hand(toy_model):
 
 
 def test_validation_loss_batch_invariant_and_adapter_sensitive(toy_model, toy_lora):
-    concept, prior = ev.toy_sets(toy_model, n=5)
+    concept, prior = tev.toy_sets(toy_model, n=5)
     assert len(concept.captions) == 5 and all("sks" in c for c in concept.captions)
     assert all("sks" not in c for c in prior.captions)
     base = concept.loss(toy_model)
@@ -113,8 +114,8 @@ def test_sample_batch_equals_one_at_a_time_and_generate(toy_model):
     from sdlora.inference.generate import generate
 
     caps = ["a red sks on a white background", "a blue circle on a black background", "a green sks"]
-    together = ev.sample_batch(toy_model, caps, [11, 12, 13], steps=4, batch=8)
-    single = [ev.sample_batch(toy_model, [c], [s], steps=4)[0] for c, s in zip(caps, (11, 12, 13))]
+    together = tev.sample_batch(toy_model, caps, [11, 12, 13], steps=4, batch=8)
+    single = [tev.sample_batch(toy_model, [c], [s], steps=4)[0] for c, s in zip(caps, (11, 12, 13))]
     for a, b in zip(together, single):
         assert a.shape == (tw.SIZE, tw.SIZE, 3)
         np.testing.assert_allclose(a, b, atol=2e-4)
@@ -125,15 +126,15 @@ def test_sample_batch_equals_one_at_a_time_and_generate(toy_model):
 def test_diversity_definition():
     a = np.zeros((2, 2, 3), np.float32)
     b = np.full((2, 2, 3), 0.5, np.float32)
-    assert ev._diversity([a, b, a, a], 2) == pytest.approx(0.25)  # pairs (a,b): 0.5 and (a,a): 0
-    assert ev._diversity([a, b], 1) is None
+    assert tev._diversity([a, b, a, a], 2) == pytest.approx(0.25)  # pairs (a,b): 0.5 and (a,a): 0
+    assert tev._diversity([a, b], 1) is None
 
 
 def test_toy_figures_counts_with_a_stub_classifier(toy_model, monkeypatch):
     """The rates are the shares the classifier reports: with a classifier that always reads 'a red star',
     the concept rate is 100%, the concept colour right for the red quarter of the prompts, prior 0%."""
     monkeypatch.setattr(tw, "classify", lambda img, shapes=tw.SHAPES: tw.Reading("red", "star", "white", 1.0))
-    fig = ev.toy_figures(toy_model, per_prompt=1, steps=2)
+    fig = tev.toy_figures(toy_model, per_prompt=1, steps=2)
     assert fig["concept_rate"] == 1.0
     assert fig["concept_colour"] == pytest.approx(1 / len(tw.COLOURS))
     assert fig["prior_accuracy"] == 0.0 and fig["prior_shows_concept"] == 1.0
@@ -142,8 +143,8 @@ def test_toy_figures_counts_with_a_stub_classifier(toy_model, monkeypatch):
 
 
 def test_evaluate_rows_table_plot(toy_model, toy_lora, tmp_path):
-    concept, prior = ev.toy_sets(toy_model, n=3)
-    rows = ev.evaluate(toy_model, [toy_lora], strengths=(0.0, 1.0), sets=[concept, prior], toy=True,
+    concept, prior = tev.toy_sets(toy_model, n=3)
+    rows = tev.evaluate(toy_model, [toy_lora], strengths=(0.0, 1.0), sets=[concept, prior], toy=True,
                        per_prompt=2, steps=2, prior_at=(1.0,), log=lambda m: None)
     assert [(r.adapter, r.strength) for r in rows] == [("base", 0.0), (toy_lora.name, 0.0), (toy_lora.name, 1.0)]
     assert rows[1].step == 7  # from ss_steps
@@ -234,7 +235,7 @@ def test_pretrain_default_runs_saves_and_continues(tmp_path):
     assert info["unet_steps"] == 3 and info["gate_fp32"]["samples"] == 36
     assert 0.0 <= info["gate_fp32"]["colour_accuracy"] <= 1.0
     model = open_model(out)
-    assert model.family == "sd1" and ev.is_toy_model(model)
+    assert model.family == "sd1" and tev.is_toy_model(model)
     from safetensors import safe_open
 
     with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:

@@ -39,10 +39,11 @@ from sdlora.trainers.cache import LatentCache, Store, TextCache, fit, module_ide
 from sdlora.trainers.captions import augment, varies
 from sdlora.trainers.config import TrainConfig, save_config, to_dict
 from sdlora.trainers.data import Dataset, full_caption, scan
-from sdlora.trainers.encode import encode_pixels, encode_text, time_ids, vae_factor
+from sdlora.models.encode import encode_pixels, encode_text, time_ids, vae_factor
 from sdlora.trainers.metadata import Progress, adapter_metadata
 from sdlora.trainers.monitor import Monitor
-from sdlora.trainers.noise import add_noise, draw, per_sample_loss, snr_weight, target
+from sdlora.models.noise import add_noise, fixed_noise, snr_weight, target
+from sdlora.trainers.noise import draw, per_sample_loss
 from sdlora.trainers.optim import learning_rates, make_optimizer, make_scheduler, param_groups
 
 _DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -492,8 +493,7 @@ class Trainer:
                     b = self._batch([i], 0, n, 0, augmented=False)
                     b.weights = torch.ones_like(b.weights)
                     for t in timesteps:
-                        gen = torch.Generator().manual_seed(seed * 100003 + n * 1009 + t)
-                        noise = torch.randn(b.latents.shape, generator=gen)
+                        noise = fixed_noise(tuple(b.latents.shape), seed, n, t)
                         total += float(self._loss(b, noise, torch.tensor([t])).sum())
                         count += 1
         finally:

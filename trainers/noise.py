@@ -1,12 +1,10 @@
-"""Noise, targets and the loss of one training step.
+"""The random numbers and the loss of one training step (the schedule math is in ``sdlora.models.noise``).
 
 - ``draw``: the step's random numbers for a whole global batch from one generator (so every process of a
   data-parallel run draws the same and takes its rows): timesteps uniform in [min_t, max_t), Gaussian
   noise, plus the noise offset (a per-channel constant: offset·N(0,1) of shape (B, C, 1, 1)) and multires
   ("pyramid") noise (noise + Σ_i discount^i · upsample(N(0,1) at size/r^i), r ~ U[2, 4), rescaled to unit
   std).
-- ``target``: the noise for epsilon models, v = √ᾱ·ε − √(1−ᾱ)·x₀ for v-prediction models.
-- ``snr_weight``: min-SNR-γ, min(SNR, γ)/SNR (epsilon) or min(SNR, γ)/(SNR + 1) (v-prediction).
 - ``per_sample_loss``: l2, l1 or pseudo-Huber (2c(√((p−t)² + c²) − c)), averaged per sample over the
   pixels a mask keeps (all of them without a mask).
 """
@@ -46,32 +44,6 @@ def draw(shape: tuple[int, ...], generator: torch.Generator, cfg: NoiseSection, 
     if cfg.offset:
         noise = noise + cfg.offset * torch.randn((b, c, 1, 1), generator=generator)
     return Draw(noise, timesteps)
-
-
-def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-              alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """√ᾱ_t·x₀ + √(1−ᾱ_t)·ε."""
-    a = alphas_cumprod.to(latents.device)[timesteps].float().view(-1, 1, 1, 1)
-    return a.sqrt() * latents + (1 - a).sqrt() * noise
-
-
-def target(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-           prediction_type: str) -> torch.Tensor:
-    if prediction_type == "v_prediction":
-        a = alphas_cumprod.to(latents.device)[timesteps].float().view(-1, 1, 1, 1)
-        return a.sqrt() * noise - (1 - a).sqrt() * latents
-    return noise
-
-
-def snr_weight(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float,
-               prediction_type: str) -> torch.Tensor:
-    """(B,) min-SNR-γ weights (ones when gamma is 0)."""
-    if not gamma:
-        return torch.ones(timesteps.shape[0], device=timesteps.device)
-    a = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = a / (1 - a)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
 def per_sample_loss(pred: torch.Tensor, tgt: torch.Tensor, kind: str = "l2", huber_c: float = 0.1,

@@ -27,21 +27,22 @@ def run(args) -> int:
 
     import torch
 
-    from sdlora.evaluation import core as ev
+    from sdlora import evaluation as ev
+    from sdlora.toy import evaluate as tev
     from sdlora.toy.demo import default_model_path
     from sdlora.models.core import open_model
 
     strengths = _floats(args.strengths)
     model = open_model(args.model or default_model_path(), dtype=torch.float32, tokenizer=args.tokenizer)
     model.pipe.set_progress_bar_config(disable=True)
-    toy = ev.is_toy_model(model) if args.toy is None else args.toy
+    toy = tev.is_toy_model(model) if args.toy is None else args.toy
     sets = []
     if args.concept:
         sets.append(ev.ValidationSet.from_folder(model, args.concept, "concept", args.resolution))
     if args.prior:
         sets.append(ev.ValidationSet.from_folder(model, args.prior, "prior", args.resolution))
     if toy and not sets:
-        sets = list(ev.toy_sets(model, trigger=args.trigger))
+        sets = list(tev.toy_sets(model, trigger=args.trigger))
     if not sets and not toy:
         raise ConfigError("nothing to measure: give --concept DIR (held-out images of what the adapter learned, "
                           "with .txt captions) and optionally --prior DIR (images of what it should not change)")
@@ -51,7 +52,7 @@ def run(args) -> int:
     for path in args.adapters:
         if not Path(path).is_file():
             raise ConfigError(f"adapter {path} does not exist")
-    rows = ev.evaluate(model, args.adapters, strengths=strengths, sets=sets, toy=toy, per_prompt=args.per_prompt,
+    rows = tev.evaluate(model, args.adapters, strengths=strengths, sets=sets, toy=toy, per_prompt=args.per_prompt,
                        seed=1000 if args.seed is None else args.seed, trigger=args.trigger)
     paths = ev.write_outputs(rows, args.out, {"model": str(args.model or default_model_path()),
                                               "strengths": strengths, "toy": toy})

@@ -119,7 +119,8 @@ def parameters_text(model: BaseModel, prompt: str, negative_prompt: str, *, step
     return "\n".join(lines)
 
 
-def _to_pil(array: np.ndarray) -> Image.Image:
+def to_pil(array: np.ndarray) -> Image.Image:
+    """(H, W, 3) floats in [0, 1] -> an RGB image."""
     return Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
 
 
@@ -172,7 +173,7 @@ def generate(model: BaseModel, prompt: str, negative_prompt: str = "", *, seed: 
                 array = _render(model, clean, negative_prompt, s, steps, cfg, w, h, on_step)
                 text = parameters_text(model, prompt, negative_prompt, steps=steps, sampler=sampler, cfg=cfg,
                                        seed=s, width=w, height=h)
-                out.append(Generated(_to_pil(array), array, s, text))
+                out.append(Generated(to_pil(array), array, s, text))
     return out
 
 
@@ -269,5 +270,5 @@ def grid_image(cells: list[list[np.ndarray]], column_labels: list[str], row_labe
         y = top + r * h
         draw.text((pad, y + (h - size(row_labels[r])[1]) // 2), row_labels[r], fill="black", font=font)
         for c, cell in enumerate(row):
-            sheet.paste(_to_pil(cell), (left + c * col_w + (col_w - w) // 2, y))
+            sheet.paste(to_pil(cell), (left + c * col_w + (col_w - w) // 2, y))
     return sheet

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import torch
 
+from sdlora.adapters import AdapterFile
+from sdlora.errors import ConfigError
+from sdlora.inference.stack import AdapterStack
+from sdlora.models.configs import default_model_path
+from sdlora.models.core import open_model
+from sdlora.toy import evaluate as tev
 from sdlora.toy import world as tw
+from sdlora.toy.demo import demo_config, write_class_images
+from sdlora.trainers.config import config_from_dict
+from sdlora.trainers.loop import Trainer
 
 #: the network section of each algorithm's config (training as in the demo: 36 class images for prior
 #: preservation, batch 4, lr 3e-3 with a cosine decay, seed 42). Every alpha equals its rank (scale 1, as
@@ -33,8 +42,6 @@ TARGET = 0.9
 
 
 def _file_facts(path: Path) -> dict:
-    from sdlora.adapters import AdapterFile
-
     af = AdapterFile.read(path)
     params = sum(t.numel() for mod in af.modules.values() for k, t in mod.items() if k != "alpha")
     layers = len(af.modules)
@@ -45,14 +52,6 @@ def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, s
             check_every: int = 250, seed: int = 42, per_prompt: int = 4, model_path: str | Path | None = None,
             sample_steps: int = 25, log: Callable[[str], None] = print) -> dict:
     """Train each algorithm on the demo's concept and measure it; see the module docstring."""
-    from sdlora.evaluation import core as ev
-    from sdlora.toy.demo import default_model_path, demo_config, write_class_images
-    from sdlora.errors import ConfigError
-    from sdlora.models.core import open_model
-    from sdlora.inference.stack import AdapterStack
-    from sdlora.trainers.config import config_from_dict
-    from sdlora.trainers.loop import Trainer
-
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise ConfigError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
@@ -66,42 +65,20 @@ def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, s
     model = open_model(base, dtype=torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
     stack = AdapterStack(model)
-    base_fig = ev.toy_figures(model, per_prompt=per_prompt, steps=sample_steps)
+    base_fig = tev.toy_figures(model, per_prompt=per_prompt, steps=sample_steps)
     log(f"compare: base concept rate {base_fig['concept_rate']:.1%}, prior accuracy {base_fig['prior_accuracy']:.1%}")
     results: dict = {"settings": {"steps": steps, "check_every": check_every, "seed": seed, "per_prompt": per_prompt,
                                   "batch_size": 4, "learning_rate": 3e-3, "target": TARGET, "model": str(base)},
                      "base": base_fig, "algorithms": {}}
     for name in algorithms:
-        cfg_dict = demo_config(out / name, data, steps, seed, base, reg)
-        cfg_dict["network"] = dict(ALGORITHMS[name])
-        cfg_dict["training"].update(save_every_steps=check_every, keep_last=10_000)
-        cfg_dict["output"] = {"dir": str(out / name), "name": name}
-        cfg = config_from_dict(cfg_dict, out)
-        t1 = time.time()
-        result = Trainer(cfg, log=lambda m: None).run()
-        train_s = time.time() - t1
-        final = Path(result.adapter)
-        checkpoints = sorted((out / name).glob(f"{name}-step[0-9]*.safetensors")) + [final]
-        curve: dict[int, float] = {}
-        for ck in checkpoints:
-            step = steps if ck == final else int(ck.stem.rsplit("step", 1)[1])
-            stack.add(ck, name="cmp", strength=1.0)
-            try:
-                fig = ev.toy_figures(model, per_prompt=per_prompt, steps=sample_steps, prior=ck == final)
-            finally:
-                stack.remove("cmp")
-            curve[step] = fig["concept_rate"]
-            if ck == final:
-                final_fig = fig
-        reached = next((s for s, r in sorted(curve.items()) if r >= TARGET), None)
-        row = {**_file_facts(final), "train_seconds": round(train_s, 1), "curve": curve,
-               "steps_to_target": reached, "concept_rate": final_fig["concept_rate"],
-               "concept_colour": final_fig["concept_colour"], "prior_accuracy": final_fig["prior_accuracy"],
-               "prior_drop": base_fig["prior_accuracy"] - final_fig["prior_accuracy"],
-               "diversity": final_fig["diversity"], "adapter": str(final)}
+        row = _train_and_measure(name, out, data, reg, base, model, stack, base_fig, steps=steps,
+                                 check_every=check_every, seed=seed, per_prompt=per_prompt,
+                                 sample_steps=sample_steps)
+        curve = row["curve"]
         results["algorithms"][name] = row
         log(f"compare: {name}: {row['parameters']:,} parameters, {row['file_bytes'] / 1024:.0f} KiB, "
-            f"{train_s:.0f} s; concept rate by step {', '.join(f'{s}: {r:.0%}' for s, r in sorted(curve.items()))}; "
+            f"{row['train_seconds']:.0f} s; concept rate by step "
+            f"{', '.join(f'{s}: {r:.0%}' for s, r in sorted(curve.items()))}; "
             f"prior {row['prior_accuracy']:.1%}")
     results["seconds"] = round(time.time() - t0, 1)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
@@ -109,6 +86,40 @@ def compare(out: str | Path, algorithms: Sequence[str] = tuple(ALGORITHMS), *, s
     log(markdown_table(results))
     log(f"compare: {out / 'compare.md'}, {out / 'compare.json'}")
     return results
+
+
+def _train_and_measure(name: str, out: Path, data: Path, reg: Path, base: Path, model, stack: AdapterStack,
+                       base_fig: dict, *, steps: int, check_every: int, seed: int, per_prompt: int,
+                       sample_steps: int) -> dict:
+    """Train ``name`` with the demo's settings, saving every ``check_every`` steps, and measure the
+    concept rate of every checkpoint (the prior only of the final one); the algorithm's row."""
+    cfg_dict = demo_config(out / name, data, steps, seed, base, reg)
+    cfg_dict["network"] = dict(ALGORITHMS[name])
+    cfg_dict["training"].update(save_every_steps=check_every, keep_last=10_000)
+    cfg_dict["output"] = {"dir": str(out / name), "name": name}
+    cfg = config_from_dict(cfg_dict, out)
+    t1 = time.time()
+    result = Trainer(cfg, log=lambda m: None).run()
+    train_s = time.time() - t1
+    final = Path(result.adapter)
+    checkpoints = sorted((out / name).glob(f"{name}-step[0-9]*.safetensors")) + [final]
+    curve: dict[int, float] = {}
+    for ck in checkpoints:
+        step = steps if ck == final else int(ck.stem.rsplit("step", 1)[1])
+        stack.add(ck, name="cmp", strength=1.0)
+        try:
+            fig = tev.toy_figures(model, per_prompt=per_prompt, steps=sample_steps, prior=ck == final)
+        finally:
+            stack.remove("cmp")
+        curve[step] = fig["concept_rate"]
+        if ck == final:
+            final_fig = fig
+    reached = next((s for s, r in sorted(curve.items()) if r >= TARGET), None)
+    return {**_file_facts(final), "train_seconds": round(train_s, 1), "curve": curve,
+            "steps_to_target": reached, "concept_rate": final_fig["concept_rate"],
+            "concept_colour": final_fig["concept_colour"], "prior_accuracy": final_fig["prior_accuracy"],
+            "prior_drop": base_fig["prior_accuracy"] - final_fig["prior_accuracy"],
+            "diversity": final_fig["diversity"], "adapter": str(final)}
 
 
 def markdown_table(results: dict) -> str:

@@ -19,11 +19,16 @@ from pathlib import Path
 
 import torch
 
-from sdlora.toy import world as tw
+from sdlora.evaluation import STRENGTHS, EvalRow, write_outputs
+from sdlora.inference.generate import save_png, sweep, to_pil
+from sdlora.inference.stack import AdapterSpec, AdapterStack
 from sdlora.models.configs import default_model_path
-
-STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
-
+from sdlora.models.core import open_model
+from sdlora.tools.bake import bake
+from sdlora.toy import evaluate as tev
+from sdlora.toy import world as tw
+from sdlora.trainers.config import config_from_dict
+from sdlora.trainers.loop import Trainer
 
 def demo_config(out: Path, data: Path, steps: int, seed: int, model: Path | None = None,
                 reg: Path | None = None) -> dict:
@@ -47,17 +52,14 @@ def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt
     """DreamBooth's prior preservation: the base model's own samples of the base prompts (every colour,
     shape and background) with their captions, used as regularisation images while the adapter trains,
     so it learns the trigger word without redrawing what the base prompts show."""
-    from sdlora.evaluation import core as ev
-    from sdlora.models.core import open_model
-
     model = open_model(model_path, dtype=torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
-    scenes = [sc for sc in ev.prior_prompts() for _ in range(per_prompt)]
-    images = ev.sample_batch(model, [sc.caption() for sc in scenes], [seed + 70000 + k for k in range(len(scenes))],
+    scenes = [sc for sc in tev.prior_prompts() for _ in range(per_prompt)]
+    images = tev.sample_batch(model, [sc.caption() for sc in scenes], [seed + 70000 + k for k in range(len(scenes))],
                              steps=steps, cfg=3.0)
     folder.mkdir(parents=True, exist_ok=True)
     for k, (sc, arr) in enumerate(zip(scenes, images)):
-        ev._to_pil(arr).save(folder / f"{k:03d}.png")
+        to_pil(arr).save(folder / f"{k:03d}.png")
         (folder / f"{k:03d}.txt").write_text(sc.caption() + "\n")
     return folder
 
@@ -65,14 +67,6 @@ def write_class_images(model_path: Path, folder: Path, seed: int = 0, per_prompt
 def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1200, seed: int = 42, per_prompt: int = 2,
              log=print, model_path: str | Path | None = None, sample_steps: int = 20) -> dict:
     """Train, sweep, bake and evaluate; write ``report.json`` in ``out`` and return it."""
-    from sdlora.evaluation import core as ev
-    from sdlora.tools.bake import bake
-    from sdlora.inference.generate import save_png, sweep
-    from sdlora.models.core import open_model
-    from sdlora.inference.stack import AdapterSpec, AdapterStack
-    from sdlora.trainers.config import config_from_dict
-    from sdlora.trainers.loop import Trainer
-
     t0 = time.time()
     base = Path(model_path) if model_path else default_model_path()
     out = Path(out).resolve()
@@ -97,10 +91,24 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1200, seed: int = 
     log(f"demo: strength sweep grid {grid_path}")
     log(f"demo: evaluating ({per_prompt} samples per prompt; concept rate at every strength, prior accuracy "
         "without the adapter and at 1, validation losses)...")
-    sets = ev.toy_sets(model)
-    rows = ev.evaluate(model, [adapter], strengths=STRENGTHS, sets=sets, toy=True, per_prompt=per_prompt,
-                       steps=sample_steps, prior_at=(1.0,), log=log)
-    paths = ev.write_outputs(rows, out / "eval")
+    sets = tev.toy_sets(model)
+    rows = tev.evaluate(model, [adapter], strengths=STRENGTHS, sets=sets, toy=True, per_prompt=per_prompt,
+                        steps=sample_steps, prior_at=(1.0,), log=log)
+    figures = report_figures(rows, write_outputs(rows, out / "eval"))
+    baked = bake(base, [AdapterSpec(adapter, 1.0)], out / "baked.safetensors", progress=False)
+    log(f"demo: baked checkpoint {baked}")
+    report = {**figures, "adapter": str(adapter), "grid": str(grid_path), "baked": str(baked),
+              "train_steps": result.step, "final_loss": result.losses.get(max(result.losses), None)
+              if result.losses else None, "seconds": round(time.time() - t0, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log(format_report(report))
+    log(f"demo: report {out / 'report.json'}")
+    return report
+
+
+def report_figures(rows: list[EvalRow], paths: dict[str, Path]) -> dict:
+    """The report's figures from the evaluation rows (base first, then the adapter at each of
+    ``STRENGTHS``) and the paths of the written table and plot, with the targets checked."""
     base_row, ad = rows[0], {r.strength: r.figures for r in rows[1:]}
     figures = {
         "concept_rate": {f"{s:g}": ad[s]["concept_rate"] for s in STRENGTHS},
@@ -117,15 +125,7 @@ def run_demo(out: str | Path = "sdlora-demo", *, steps: int = 1200, seed: int = 
         "eval_table": str(paths["table"]), "eval_plot": str(paths["plot"]),
     }
     figures["targets"] = check_targets(figures)
-    baked = bake(base, [AdapterSpec(adapter, 1.0)], out / "baked.safetensors", progress=False)
-    log(f"demo: baked checkpoint {baked}")
-    report = {**figures, "adapter": str(adapter), "grid": str(grid_path), "baked": str(baked),
-              "train_steps": result.step, "final_loss": result.losses.get(max(result.losses), None)
-              if result.losses else None, "seconds": round(time.time() - t0, 1)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    log(format_report(report))
-    log(f"demo: report {out / 'report.json'}")
-    return report
+    return figures
 
 
 def check_targets(fig: dict) -> dict:
