@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdlora.networks.fold import bias_delta, fold_bias, fold_weight
+
 Tensor = torch.Tensor
 
 
@@ -288,16 +290,15 @@ class AdapterModule(nn.Module):
     # ------------------------------------------------------------------ merged
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the adapter at its current strength into the base weight (and bias)."""
+        """Fold the adapter at its current strength into the base weight (and bias), through ``fold``."""
         if self.merged:
             return
         b = self.base
         self._backup = {"weight": b.weight.detach().clone()}
-        new = self.merged_weight(b.weight.detach().to(self._param_dtype()))
-        if self.diff_b is not None:
+        if bias_delta(self) is not None:
             self._backup["bias"] = b.bias.detach().clone()
-            b.bias.copy_((b.bias.float() + self.multiplier * self.diff_b.float()).to(b.bias.dtype))
-        b.weight.copy_(new.to(b.weight.dtype))
+            b.bias.copy_(fold_bias(b.bias.detach(), [self]))
+        b.weight.copy_(fold_weight(b.weight.detach(), [self]))
         self.merged = True
 
     @torch.no_grad()

@@ -76,15 +76,3 @@ class NormModule(AdapterModule):
         if isinstance(b, nn.GroupNorm):
             return F.group_norm(x, b.num_groups, w, bias, b.eps)
         return F.layer_norm(x, b.normalized_shape, w, bias, b.eps)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        b = self.base
-        self._backup = {"weight": b.weight.detach().clone()}
-        b.weight.copy_((b.weight.float() + self.multiplier * self.w_norm.float()).to(b.weight.dtype))
-        if self.b_norm is not None:
-            self._backup["bias"] = b.bias.detach().clone()
-            b.bias.copy_((b.bias.float() + self.multiplier * self.b_norm.float()).to(b.bias.dtype))
-        self.merged = True

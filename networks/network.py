@@ -21,9 +21,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
-import torch
 import torch.nn as nn
 
 from sdlora.networks.base import AdapterModule
@@ -339,8 +338,3 @@ def _make_adapter(layer: nn.Module, full_name: str, cfg: NetworkConfig) -> Adapt
     if cls is LoKrModule:
         extra.update(factor=cfg.factor, decompose_both=cfg.decompose_both, full_matrix=cfg.full_matrix)
     return cls(layer, rank, alpha, **extra, **common)
-
-
-def config_dict(cfg: NetworkConfig) -> dict:
-    """The config as plain JSON-able data (for metadata)."""
-    return dataclasses.asdict(cfg)

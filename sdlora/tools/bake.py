@@ -5,7 +5,7 @@
 The base (a single original-layout file or a diffusers folder) is never loaded whole: its models are built
 on the meta device (shapes only), adapters are read onto them, and the output is written tensor by tensor
 (``sdlora.streaming``): each tensor is read, the adapters that touch its layer are folded in with
-``stack.fold_weight`` / ``fold_bias`` (float32, the same function ``AdapterStack.fuse`` uses, at the same
+``networks.fold.fold_weight`` / ``fold_bias`` (float32, the same function ``AdapterStack.fuse`` uses, at the same
 per-module strengths: strength, text-encoder strength and block weights), cast to the output dtype and
 written. Peak memory is the adapters plus a few tensors, well under one copy of the model. The output is
 atomic, a single file (with the configs embedded, see ``models``) or a diffusers folder.
@@ -30,7 +30,8 @@ from sdlora.models import tokenizers
 from sdlora.adapters import AdapterFile, load_adapter
 from sdlora.errors import ModelError
 from sdlora.networks import AdapterModule, Network
-from sdlora.inference.stack import AdapterSpec, block_factors, fold_bias, fold_weight, module_multiplier
+from sdlora.inference.stack import AdapterSpec, block_factors, module_multiplier
+from sdlora.networks.fold import fold_bias, fold_weight
 
 Getter = Callable[[str, str], torch.Tensor]
 
