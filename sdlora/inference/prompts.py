@@ -5,8 +5,9 @@
 
 1. the prompt is read as weighted pieces (``prompt_parser.parse_attention``; ``syntax=False``: one piece);
 2. each piece is tokenized (no BOS/EOS) with the first tokenizer (SDXL: both encoders read those ids, as
-   in A1111 and ComfyUI) and the tokens are laid into chunks of 75: a BREAK, or a full chunk, starts the
-   next one. A1111's comma rule: when a chunk is full and another token follows, and one of the chunk's
+   in A1111 and ComfyUI, so a "!" in the text is the "!" token there; SD 2.x's own tokenizer, like
+   diffusers', reads "!" as its pad token, id 0) and the tokens are laid into chunks of 75: a BREAK, or a
+   full chunk, starts the next one. A1111's comma rule: when a chunk is full and another token follows, and one of the chunk's
    last 20 tokens is a comma, the tokens after the last comma move on to the next chunk (the full chunk is
    padded instead). A textual-inversion embedding of n vectors takes n slots and never straddles chunks;
 3. each chunk becomes 77 ids: BOS, its tokens, EOS, then the tokenizer's pad token (SD1: EOS, as in
@@ -22,7 +23,11 @@
 Clip skip N (A1111 numbering, 1 = the last layer): SD1/SD2 take hidden state -N with the final layer norm
 (diffusers' ``clip_skip = N - 1``); SDXL takes hidden state -(N + 1) (penultimate for N = 1, diffusers'
 convention; A1111 ignores clip skip for SDXL by default). A prompt of at most 75 tokens with no syntax gives
-exactly the embeddings the diffusers pipeline computes itself.
+exactly the embeddings the diffusers pipeline computes itself (SDXL: when it has no "!", see 2).
+
+Not as A1111 does: the chunk layout puts EOS right after the text and pads after it (diffusers' and
+ComfyUI's layout; for SD1, whose pad token is EOS, that is the same ids as A1111); prompt editing
+``[a:b:step]`` and alternation ``[a|b]`` are not implemented (see ``prompt_parser``).
 """
 from __future__ import annotations
 
