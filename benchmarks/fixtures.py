@@ -71,7 +71,7 @@ def toy_single_file(work: Path) -> Path:
     folder, _ = toy_model(work)
     out = work / f"toy-single-{_toy_tag()}" / "toy.safetensors"
     if not _ready(out.parent):
-        from sdlora.models.core import open_model, save_model
+        from sdlora.models import open_model, save_model
 
         _fresh(out.parent)
         save_model(open_model(folder), out, dtype="fp16")
@@ -106,7 +106,7 @@ def toy_loras(work: Path, n: int = 4) -> list[dict[str, str]]:
     folder = work / f"toy-loras-{_toy_tag()}"
     index = folder / "index.json"
     if not _ready(folder):
-        from sdlora.models.core import open_model
+        from sdlora.models import open_model
 
         _fresh(folder)
         model = open_model(toy_model(work)[0])
@@ -151,7 +151,7 @@ def build_sd15(work: Path) -> dict[str, str]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from sdlora.toy import world as toyworld
-    from sdlora.models.core import from_pipeline, save_model
+    from sdlora.models import from_pipeline, save_model
 
     p = sd15_paths(work)
     _fresh(p["done"])

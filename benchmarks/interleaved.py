@@ -73,7 +73,7 @@ def fused_hooks(p: dict) -> dict:
     LoRAs fused (no hooks left on its layers)."""
     import torch
 
-    from sdlora.models.core import open_model
+    from sdlora.models import open_model
     from sdlora.inference.stack import AdapterStack
 
     def fused_model():
@@ -111,7 +111,7 @@ def unet_forward(p: dict) -> dict:
     round; the ratios to base are the medians of the per-round ratios, with their interquartile range."""
     import torch
 
-    from sdlora.models.core import open_model
+    from sdlora.models import open_model
     from sdlora.inference.stack import AdapterStack
 
     model = open_model(p["model"], dtype="fp32")

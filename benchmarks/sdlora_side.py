@@ -70,7 +70,7 @@ def inference_setup(p: dict) -> tuple[dict, dict]:
     LoRAs, fused (4 LoRAs) — on four models side by side, and the timings of LoRA load+apply (one file onto
     a model, 8 times) and fuse/unfuse of the 4 LoRAs (``fuse_reps`` times)."""
     from sdlora.inference.generate import generate
-    from sdlora.models.core import open_model
+    from sdlora.models import open_model
     from sdlora.inference.stack import AdapterStack
 
     files, strength = p["loras"], p["strength"]

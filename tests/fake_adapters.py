@@ -7,7 +7,7 @@ import pathlib
 import torch
 
 from sdlora.adapters import save_adapter
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.networks import Network, NetworkConfig
 from tiny import tiny_tokenizer
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fake_adapters import make_adapter, tokenizer_dir
 from sdlora.tools import bake as bake_mod
-from sdlora.models import core as models
+from sdlora import models
 from sdlora.files import streaming
 from sdlora.tools.bake import bake
 from sdlora.cli import main

@@ -14,7 +14,7 @@ from sdlora import evaluation as ev
 from sdlora.toy import evaluate as tev
 from sdlora.toy import world as tw
 from sdlora.errors import ConfigError
-from sdlora.models.core import open_model
+from sdlora.models import open_model
 from sdlora.networks.network import Network, NetworkConfig
 from sdlora.toy.pretrain import write_untrained
 from sdlora.inference.stack import AdapterStack
@@ -50,7 +50,7 @@ def toy_model(toy_folder):
 
 
 def test_is_toy_model(toy_model, tmp_path):
-    from sdlora.models.core import BaseModel
+    from sdlora.models import BaseModel
     from tiny import tiny_pipeline
 
     assert tev.is_toy_model(toy_model)

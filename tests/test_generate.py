@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from fake_adapters import make_adapter, tokenizer_dir
 from sdlora.files import tensors as files
-from sdlora.models import core as models
+from sdlora import models
 from sdlora.cli import main
 from sdlora.inference.generate import generate, read_parameters, sweep
 from sdlora.inference.prompt_tags import parse_prompt

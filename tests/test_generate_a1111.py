@@ -16,7 +16,7 @@ from sdlora.inference import embeddings as emb
 from sdlora.inference import pnginfo, prompts, render
 from sdlora.inference.stack import AdapterStack
 from sdlora.models import checkpoint
-from sdlora.models.core import from_pipeline
+from sdlora.models import from_pipeline
 from sdlora.models.vae_file import load_vae, replace_vae
 from tiny import tiny_pipeline
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from fake_adapters import tokenizer_dir
 from sdlora.models import checkpoint
 from sdlora.models import configs
-from sdlora.models import core as models
+from sdlora import models
 from sdlora.errors import ModelError
 from tiny import tiny_pipeline
 

@@ -10,7 +10,7 @@ import torch
 from sdlora.errors import ConfigError
 from sdlora.inference import prompts
 from sdlora.inference.prompt_parser import parse_attention
-from sdlora.models.core import from_pipeline
+from sdlora.models import from_pipeline
 from tiny import tiny_pipeline
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 
 from fake_adapters import make_adapter
 from sdlora.inference import blocks
-from sdlora.models import core as models
+from sdlora import models
 from sdlora.inference import stack as stack_mod
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.inference.stack import AdapterStack, parse_adapter_arg

@@ -325,7 +325,7 @@ def test_extract_recovers_a_baked_lora(baked, tmp_path):
 
 
 def test_extract_streams_a_single_file_tuned_model(baked, tmp_path):
-    from sdlora.models.core import open_model, save_model
+    from sdlora.models import open_model, save_model
 
     single = save_model(open_model(baked / "tuned"), tmp_path / "tuned.safetensors")
     weights = TunedWeights(single, "sd1")

@@ -11,7 +11,7 @@ import torch
 
 from sdlora.adapters import load_adapter
 from sdlora.files.tensors import read_metadata, read_tensors
-from sdlora.models.core import open_model
+from sdlora.models import open_model
 from sdlora.trainers import Trainer, TrainingStopped, load_config
 from sdlora.trainers.config import to_dict
 from trainkit import config, draw, make_images, model_dir, one_thread, quiet, write_toml  # noqa: F401
@@ -337,7 +337,7 @@ def test_epochs_limit_and_save_every_epoch(tmp_path, capsys):
 
 
 def test_trains_on_a_single_file_checkpoint(tmp_path):
-    from sdlora.models.core import save_model
+    from sdlora.models import save_model
 
     save_model(open_model(model_dir("sd1")), tmp_path / "tiny.safetensors")
     raw = config(tmp_path, "sd1", model={"path": str(tmp_path / "tiny.safetensors"),

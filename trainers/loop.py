@@ -31,7 +31,7 @@ import torch
 
 from sdlora import adapters
 from sdlora.errors import ConfigError, SdloraError
-from sdlora.models.core import BaseModel, open_model
+from sdlora.models import BaseModel, open_model
 from sdlora.networks import Network, NetworkConfig
 from sdlora.trainers import buckets, state as states
 from sdlora.trainers.batches import epoch_batches, local_slice, rng_for

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sdlora.errors import ConfigError
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.trainers.config import SampleSection
 
 _OPTION = re.compile(r"^(\w+)\s*(.*)$", re.S)

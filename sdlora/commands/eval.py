@@ -30,7 +30,7 @@ def run(args) -> int:
     from sdlora import evaluation as ev
     from sdlora.toy import evaluate as tev
     from sdlora.toy.demo import default_model_path
-    from sdlora.models.core import open_model
+    from sdlora.models import open_model
 
     strengths = _floats(args.strengths)
     model = open_model(args.model or default_model_path(), dtype=torch.float32, tokenizer=args.tokenizer)

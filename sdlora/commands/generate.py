@@ -10,7 +10,7 @@ from sdlora.files import tensors as files
 from sdlora.inference import samplers
 from sdlora.errors import ConfigError
 from sdlora.inference.generate import generate, next_index, save_png, sweep
-from sdlora.models.core import open_model
+from sdlora.models import open_model
 from sdlora.inference.stack import AdapterStack, parse_adapter_arg
 
 

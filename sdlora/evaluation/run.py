@@ -10,7 +10,7 @@ from typing import Any
 
 from sdlora.adapters import AdapterFile
 from sdlora.inference.stack import AdapterStack
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.evaluation.validation import ValidationSet
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdlora.errors import ConfigError
 from sdlora.files.images import IMAGE_EXTENSIONS, BadImage, decode
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.models.encode import encode_pixels, encode_text, time_ids
 from sdlora.models.noise import add_noise, fixed_noise, schedule_alphas, target
 

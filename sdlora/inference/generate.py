@@ -39,7 +39,7 @@ from sdlora.inference import prompt_tags
 from sdlora.inference import samplers
 from sdlora.errors import ConfigError
 from sdlora.files.tensors import atomic_path
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.inference.stack import AdapterStack
 
 MAX_SEED = 2**32 - 1

@@ -40,7 +40,7 @@ from sdlora.inference import blocks
 from sdlora.files import tensors as files
 from sdlora.adapters import AdapterFile, LoadReport, load_adapter
 from sdlora.errors import AdapterFileError, ConfigError
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.networks import AdapterModule, Network
 from sdlora.networks.fold import fold_bias, fold_weight, is_additive
 

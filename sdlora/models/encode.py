@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 
 
 def vae_factor(vae) -> int:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from sdlora.inference import blocks
 from sdlora.models import checkpoint
 from sdlora.files import tensors as files
-from sdlora.models import core as models
+from sdlora import models
 from sdlora.files import streaming
 from sdlora.models import tokenizers
 from sdlora.adapters import AdapterFile, load_adapter

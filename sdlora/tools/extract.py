@@ -49,7 +49,7 @@ class TunedWeights:
         if (self.path / "model_index.json").is_file() and all(
                 self._index(c) for c in _FOLDERS if (self.path / _FOLDERS[c]).is_dir()):
             return
-        from sdlora.models.core import open_model, plan_single_file
+        from sdlora.models import open_model, plan_single_file
         if self.path.is_file() and self.path.suffix == ".safetensors":
             self.plan = plan_single_file(self.path, family=family)
             for entry in self.plan.entries:
@@ -98,7 +98,7 @@ class TunedWeights:
         return None
 
     def _from_single_file(self, component: str, candidates) -> torch.Tensor | None:
-        from sdlora.models.core import read_entry
+        from sdlora.models import read_entry
 
         for candidate in candidates:
             entry = self.entries.get((component, candidate))
@@ -123,7 +123,7 @@ def extract(base: str | Path | Any, tuned: str | Path, out: str | Path, *, rank:
     Layers whose weights are identical are skipped; the report counts them and the other parameters
     (biases, norms, embeddings, layers outside the preset) that differ but a LoRA cannot hold."""
     check_rank_options(rank, energy, conv_rank, allow_zero_conv=True)
-    from sdlora.models.core import open_model
+    from sdlora.models import open_model
 
     model = base if hasattr(base, "components") else open_model(base)
     ref = Reference(model.family, model.components(), True, str(getattr(model, "source", base)))

@@ -21,7 +21,7 @@ from sdlora.adapters import AdapterFile
 from sdlora.errors import ConfigError
 from sdlora.inference.stack import AdapterStack
 from sdlora.models.configs import default_model_path
-from sdlora.models.core import open_model
+from sdlora.models import open_model
 from sdlora.toy import evaluate as tev
 from sdlora.toy import world as tw
 from sdlora.toy.demo import demo_config, write_class_images

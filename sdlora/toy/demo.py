@@ -23,7 +23,7 @@ from sdlora.evaluation import STRENGTHS, EvalRow, write_outputs
 from sdlora.inference.generate import save_png, sweep, to_pil
 from sdlora.inference.stack import AdapterSpec, AdapterStack
 from sdlora.models.configs import default_model_path
-from sdlora.models.core import open_model
+from sdlora.models import open_model
 from sdlora.tools.bake import bake
 from sdlora.toy import evaluate as tev
 from sdlora.toy import world as tw

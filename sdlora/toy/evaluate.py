@@ -26,7 +26,7 @@ from sdlora.evaluation import run
 from sdlora.evaluation.run import STRENGTHS, EvalRow
 from sdlora.evaluation.validation import ValidationSet
 from sdlora.inference.generate import _prepare, to_pil
-from sdlora.models.core import BaseModel
+from sdlora.models import BaseModel
 from sdlora.toy import world as tw
 
 
