@@ -66,6 +66,10 @@ class AdapterModule(nn.Module):
     """
 
     algo: ClassVar[str] = ""
+    # File facts: the tensor names whose presence identifies the algorithm in a file (after the ones of the
+    # algorithms registered before it), and the one that marks its Tucker form.
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
+    tucker_suffix: ClassVar[str | None] = None
     # delta() builds a new tensor (False where it returns a parameter): delta_weight may then scale it in place
     fresh_delta: ClassVar[bool] = True
 
@@ -147,6 +151,16 @@ class AdapterModule(nn.Module):
         module = cls(base, rank, None, dora="dora_scale" in tensors, train_bias="diff_b" in tensors, **options)
         module.load_tensors(tensors)
         return module
+
+    @classmethod
+    def holds(cls, tensors: dict[str, Tensor]) -> bool:
+        """True when a file module's ``tensors`` (suffix -> tensor) are of this algorithm."""
+        return any(s in tensors for s in cls.file_suffixes)
+
+    @classmethod
+    def file_rank(cls, tensors: dict[str, Tensor]) -> int | None:
+        """The rank a file module's ``tensors`` hold, or None where the algorithm has none (full, norm)."""
+        return None
 
     @classmethod
     def options_from_tensors(cls, tensors: dict[str, Tensor], shape: tuple[int, ...]) -> tuple[int, dict]:

@@ -17,6 +17,7 @@ from sdlora.networks.base import AdapterModule, Tensor
 
 class FullModule(AdapterModule):
     algo = "full"
+    file_suffixes = ("diff", "diff_b")
     fresh_delta = False  # delta() is the ``diff`` parameter itself
 
     def __init__(self, base: nn.Module, rank: int = 1, alpha: float | None = None, *, train_bias: bool = True,
@@ -46,6 +47,7 @@ class NormModule(AdapterModule):
     """A delta on a GroupNorm / LayerNorm's affine parameters (``w_norm``, ``b_norm``)."""
 
     algo = "norm"
+    file_suffixes = ("w_norm",)
     fresh_delta = False  # delta() is the ``w_norm`` parameter itself
 
     def __init__(self, base: nn.Module, rank: int = 1, alpha: float | None = None, *, train_bias: bool = True, **kw):

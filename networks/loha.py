@@ -21,6 +21,8 @@ def rebuild_tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
 
 class LoHaModule(AdapterModule):
     algo = "loha"
+    file_suffixes = ("hada_w1_a",)
+    tucker_suffix = "hada_t1"
 
     def __init__(self, base: nn.Module, rank: int = 4, alpha: float | None = None, *, tucker: bool = False, **kw):
         super().__init__(base, rank, alpha, **kw)
@@ -47,8 +49,12 @@ class LoHaModule(AdapterModule):
         nn.init.zeros_(self.hada_w2_a)
 
     @classmethod
+    def file_rank(cls, tensors):
+        return int(tensors["hada_w1_b"].shape[0])
+
+    @classmethod
     def options_from_tensors(cls, tensors, shape):
-        return tensors["hada_w1_b"].shape[0], {"tucker": "hada_t1" in tensors}
+        return cls.file_rank(tensors), {"tucker": "hada_t1" in tensors}
 
     def delta(self) -> Tensor:
         if self.tucker:

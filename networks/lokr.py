@@ -47,6 +47,8 @@ def kaiming(p: Tensor) -> None:
 
 class LoKrModule(AdapterModule):
     algo = "lokr"
+    file_suffixes = ("lokr_w1", "lokr_w1_a")
+    tucker_suffix = "lokr_t2"
 
     def __init__(
         self,
@@ -110,6 +112,14 @@ class LoKrModule(AdapterModule):
         return 1.0 if self.full_rank else alpha / self.rank
 
     @classmethod
+    def file_rank(cls, tensors):
+        """The rank of a decomposed side (w1 first, then w2); None when both sides are full matrices."""
+        for k in ("lokr_w1_b", "lokr_w2_b"):
+            if k in tensors:
+                return int(tensors[k].shape[0])
+        return None
+
+    @classmethod
     def options_from_tensors(cls, tensors, shape):
         out_dim, in_dim, *k = shape
         if "lokr_w1" in tensors:
@@ -117,12 +127,7 @@ class LoKrModule(AdapterModule):
         else:
             out_l, in_m = tensors["lokr_w1_a"].shape[0], tensors["lokr_w1_b"].shape[1]
         tucker = "lokr_t2" in tensors
-        if "lokr_w1_b" in tensors:
-            rank = tensors["lokr_w1_b"].shape[0]
-        elif "lokr_w2_b" in tensors:
-            rank = tensors["lokr_w2_b"].shape[0]
-        else:
-            rank = 1
+        rank = cls.file_rank(tensors) or 1
         layout = dict(out_l=int(out_l), out_k=out_dim // int(out_l), in_m=int(in_m), in_n=in_dim // int(in_m),
                       use_w1="lokr_w1" in tensors, use_w2="lokr_w2" in tensors, tucker=tucker)
         return rank, {"layout": layout}

@@ -21,6 +21,8 @@ from sdlora.networks.base import AdapterModule, Tensor
 
 class LoRAModule(AdapterModule):
     algo = "lora"
+    file_suffixes = ("lora_down.weight", "lora_up.weight")
+    tucker_suffix = "lora_mid.weight"
 
     def __init__(self, base: nn.Module, rank: int = 4, alpha: float | None = None, *, tucker: bool = False, **kw):
         super().__init__(base, rank, alpha, **kw)
@@ -42,6 +44,11 @@ class LoRAModule(AdapterModule):
         if self.lora_mid is not None:
             nn.init.kaiming_uniform_(self.lora_mid.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
+
+    @classmethod
+    def file_rank(cls, tensors):
+        down = tensors.get("lora_down.weight")
+        return int(down.shape[0]) if down is not None else int(tensors["lora_up.weight"].shape[1])
 
     @classmethod
     def options_from_tensors(cls, tensors, shape):

@@ -18,7 +18,6 @@ Text encoders get the same modules for attn-mlp, full and all.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -39,6 +38,17 @@ ALGORITHMS: dict[str, type[AdapterModule]] = {
     "full": FullModule,
     "norm": NormModule,
 }
+
+
+def file_algorithm(tensors: dict) -> type[AdapterModule] | None:
+    """The algorithm class of one file module's tensors (suffix -> tensor): the first registered class that
+    holds them (the registry's order settles extras such as a LoRA's ``diff_b``), or None."""
+    for cls in ALGORITHMS.values():
+        if cls.holds(tensors):
+            return cls
+    return None
+
+
 PRESETS = ("attn", "attn-mlp", "full", "all", "none")
 COMPONENTS = ("unet", "te1", "te2")
 BIAS_MODES = ("none", "all", "lora_only")

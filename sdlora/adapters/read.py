@@ -14,34 +14,22 @@ import torch
 from sdlora import keys
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError
+from sdlora.networks import file_algorithm
 
-_ALGO_BY_SUFFIX = (("lora_down.weight", "lora"), ("lora_up.weight", "lora"), ("hada_w1_a", "loha"),
-                   ("lokr_w1", "lokr"), ("lokr_w1_a", "lokr"), ("diff", "full"), ("diff_b", "full"),
-                   ("w_norm", "norm"))
 _CROSS_ATTN_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_DIM = {1024: "sd2", 1280: "sdxl"}
 
 
 def module_algo(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The algorithm of one module's tensors (suffix -> tensor), or None."""
-    for suffix, algo in _ALGO_BY_SUFFIX:
-        if suffix in tensors:
-            return algo
-    return None
+    """The algorithm of one module's tensors (suffix -> tensor), or None (``networks.file_algorithm``)."""
+    cls = file_algorithm(tensors)
+    return None if cls is None else cls.algo
 
 
 def module_rank(tensors: dict[str, torch.Tensor]) -> int | None:
-    algo = module_algo(tensors)
-    if algo == "lora":
-        t = tensors.get("lora_down.weight")
-        return int(t.shape[0]) if t is not None else int(tensors["lora_up.weight"].shape[1])
-    if algo == "loha":
-        return int(tensors["hada_w1_b"].shape[0])
-    if algo == "lokr":
-        for k in ("lokr_w1_b", "lokr_w2_b"):
-            if k in tensors:
-                return int(tensors[k].shape[0])
-    return None
+    """The rank one module's tensors hold (the algorithm's own rule), or None (full, norm, full-matrix LoKr)."""
+    cls = file_algorithm(tensors)
+    return None if cls is None else cls.file_rank(tensors)
 
 
 @dataclass

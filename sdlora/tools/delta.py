@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from sdlora.adapters import build_module, module_algo
+from sdlora.adapters import build_module
 from sdlora.errors import AdapterFileError
-from sdlora.networks import AdapterModule
+from sdlora.networks import AdapterModule, file_algorithm
 from sdlora.networks.full import FullModule, NormModule
 from sdlora.tools.reference import Tensor
 
@@ -94,8 +94,9 @@ def built_module(layer: nn.Module, tensors: dict[str, Tensor], where: str = "") 
 
 def algo_of(tensors: dict[str, Tensor]) -> str:
     """"lora", "loha", "lokr", "full", "norm", with "+dora" and "+tucker" marks."""
-    algo = module_algo(tensors) or "?"
-    if "lora_mid.weight" in tensors or "hada_t1" in tensors or "lokr_t2" in tensors:
+    cls = file_algorithm(tensors)
+    algo = cls.algo if cls is not None else "?"
+    if cls is not None and cls.tucker_suffix is not None and cls.tucker_suffix in tensors:
         algo += "+tucker"
     return algo + ("+dora" if "dora_scale" in tensors else "")
 
