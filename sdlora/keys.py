@@ -21,12 +21,11 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-Component = Literal["unet", "te1", "te2"]
-Family = Literal["sd1", "sd2", "sdxl"]
+from sdlora.models.families import FAMILIES, config_value as _cfg  # noqa: F401 (FAMILIES: re-exported)
+
 COMPONENTS: tuple[str, ...] = ("unet", "te1", "te2")
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 
 # diffusers/PEFT top-level prefix of each component.
 PEFT_PREFIX: dict[str, str] = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
@@ -93,13 +92,6 @@ _UP = {"conv": "conv"}  # Upsample2D children
 # "same" entries (Transformer2DModel) keep their inner names.
 _CHILDREN: dict[str, dict[str, str] | None] = {"resnet": _RESNET, "down": _DOWN, "up": _UP, "same": None}
 _CHILDREN_INVERSE = {k: None if v is None else {b: a for a, b in v.items()} for k, v in _CHILDREN.items()}
-
-
-def _cfg(unet_config: Any, key: str, default: Any = None) -> Any:
-    config = getattr(unet_config, "config", unet_config)  # a model or its config
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
 
 
 def _per_block(value: Any, n: int) -> tuple[int, ...]:
@@ -342,8 +334,3 @@ def split_key(key: str) -> tuple[str, str]:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1], SUFFIXES[suffix]
     return key, ""
-
-
-def join_key(module_name: str, suffix: str) -> str:
-    """`<module name>.<suffix>`; the inverse of `split_key` for kohya-form names."""
-    return f"{module_name}.{suffix}"

@@ -23,6 +23,7 @@ from typing import Any
 
 from sdlora import keys
 from sdlora.errors import ConfigError
+from sdlora.models.families import config_value
 
 IDS_26 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 IDS_17 = ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00"] + [f"OUT{i:02d}" for i in range(3, 12)]
@@ -80,10 +81,8 @@ def parse_block_weights(spec: str | Sequence[float], family: str) -> dict[str, f
 
 def _out_blocks(unet_config: Any) -> int:
     """How many output blocks the UNet has: Σ (layers_per_block + 1) over its up blocks."""
-    cfg = getattr(unet_config, "config", unet_config)
-    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-    up = list(get("up_block_types"))
-    layers = get("layers_per_block", 2)
+    up = list(config_value(unet_config, "up_block_types"))
+    layers = config_value(unet_config, "layers_per_block", 2)
     layers = list(layers) if isinstance(layers, (list, tuple)) else [int(layers)] * len(up)
     return sum(n + 1 for n in layers)
 
@@ -113,8 +112,3 @@ def module_weight(weights: dict[str, float], component: str, path: str, unet_con
     if block not in weights:
         raise ConfigError(f"the UNet has a block {block} that block-weight vectors do not cover")
     return weights[block]
-
-
-def format_block_weights(weights: dict[str, float], family: str) -> str:
-    """The full vector as comma-separated text (for PNG parameters)."""
-    return ",".join(f"{weights[i]:g}" for i in VECTORS[family][FULL[family]])
