@@ -316,3 +316,162 @@ def test_event_log_and_control_file(tmp_path):
     assert c.poll() == ["sample", "save"] and c.poll() == []
     with pytest.raises(ConfigError):
         control.request(tmp_path, "delete")
+
+
+# ------------------------------------------------------------------------------------------ jobs (child processes)
+def _sse(client, job_id: int) -> list[tuple[str, dict]]:
+    """Every server-sent event of a job's stream until ``end``."""
+    out, kind = [], None
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                out.append((kind, json.loads(line[6:])))
+                if kind == "end":
+                    break
+    return out
+
+
+def test_a_failing_job_shows_its_error_sentence_and_history_survives_a_restart(root):
+    bad = root / "datasets" / "broken"
+    bad.mkdir()
+    (bad / "only.png").write_bytes(b"\x89PNG but not really")
+    with TestClient(create_app(root)) as c:
+        cfg = c.get("/api/train/presets/quickstart").json()["config"]
+        cfg["dataset"]["path"] = "datasets/broken"
+        job = c.post("/api/train/queue", json={"config": cfg}).json()
+        events = _sse(c, job["id"])
+        assert events[-1][0] == "end" and events[-1][1]["status"] == "failed"
+        final = c.get(f"/api/jobs/{job['id']}").json()
+        assert final["returncode"] == 2 and final["error"].startswith("no usable training image in ")
+        assert "only.png" in final["error"] and final["error"] == events[-1][1]["error"]
+        assert f"sdlora: error: {final['error']}" in c.get(f"/api/jobs/{job['id']}/log").text
+        assert c.get("/api/health").status_code == 200
+    from sdlora.studio.store import JobStore
+
+    store = JobStore(root / ".sdlora-studio" / "studio.db")
+    lost = store.add("train", "was running", ["train", "x.toml"])
+    store.update(lost["id"], status="running")
+    store.close()
+    with TestClient(create_app(root)) as c:  # a new server on the same root
+        jobs = {j["id"]: j for j in c.get("/api/jobs").json()}
+        assert jobs[job["id"]]["status"] == "failed" and jobs[job["id"]]["error"] == final["error"]
+        assert jobs[lost["id"]]["status"] == "interrupted"
+
+
+def test_a_crashing_job_never_takes_the_server_down(root):
+    with TestClient(create_app(root)) as c:
+        cfg = c.get("/api/train/presets/quickstart").json()["config"]
+        cfg["training"]["max_steps"] = 100000
+        job = c.post("/api/train/queue", json={"config": cfg}).json()
+        pid = wait_for(lambda: c.get(f"/api/jobs/{job['id']}").json()["pid"], 60)
+        os.kill(pid, signal.SIGKILL)
+        final = wait_for(lambda: (j := c.get(f"/api/jobs/{job['id']}").json())["status"] == "failed" and j, 60)
+        assert final["returncode"] == -9 and "signal 9" in final["error"]
+        assert c.get("/api/health").json()["ok"] is True
+
+
+# ------------------------------------------------------------------------------------------ adapters, generate, tools
+@pytest.fixture
+def adapter(root) -> pathlib.Path:
+    import torch
+
+    from fake_adapters import make_adapter
+    from sdlora.models.configs import DEFAULT_MODEL
+    from sdlora.models import open_model
+
+    torch.manual_seed(0)
+    path = root / "loras" / "toy.safetensors"
+    path.parent.mkdir()
+    make_adapter(open_model(DEFAULT_MODEL), path, rank=4, seed=3)
+    return path
+
+
+def test_adapters_lists_every_adapter_with_inspects_facts(client, root, adapter):
+    model = root / "models" / "m"
+    (model / "unet").mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    (root / "loras" / "broken.safetensors").write_bytes(b"not safetensors")
+    listed = {a["path"]: a for a in client.get("/api/adapters").json()}
+    assert set(listed) == {"loras/toy.safetensors", "loras/broken.safetensors"}
+    facts = dict(inspect_file(adapter))
+    facts["path"] = "loras/toy.safetensors"
+    assert listed["loras/toy.safetensors"]["facts"] == json.loads(json.dumps(facts))
+    assert listed["loras/broken.safetensors"]["facts"]["error"]
+    info = client.get("/api/adapters/info", params={"path": "loras/toy.safetensors"}).json()
+    assert info["facts"]["family"] == "sd1" and info["samples"] == []
+    _err(client.get("/api/adapters/info", params={"path": "configs/quickstart.toml"}), 404, "path")
+
+
+def test_generate_keeps_the_model_and_changes_only_strengths(client, root, adapter):
+    import numpy as np
+    import torch
+
+    from sdlora.inference.generate import generate, read_parameters
+    from sdlora.inference.stack import AdapterStack
+    from sdlora.models.configs import DEFAULT_MODEL
+    from sdlora.models import open_model
+
+    body = {"loras": [{"path": "loras/toy.safetensors", "strength": 1.0}], "prompt": "a red sks on a white background",
+            "steps": 3, "cfg": 3, "seed": 7}
+    r1 = client.post("/api/generate", json=body).json()
+    assert r1["model_loaded"] is True and r1["added"] == ["toy"]
+    body["loras"][0]["strength"] = 0.5
+    r2 = client.post("/api/generate", json=body).json()
+    assert (r2["model_loaded"], r2["added"], r2["removed"], r2["updated"]) == (False, [], [], ["toy"])
+    r3 = client.post("/api/generate", json=body).json()
+    assert r3["kept"] == ["toy"] and r3["updated"] == []
+    paths = [r["images"][0]["path"] for r in (r1, r2, r3)]
+    assert paths == ["outputs/generate/00000-7.png", "outputs/generate/00001-7.png", "outputs/generate/00002-7.png"]
+    png = root / paths[1]
+    assert read_parameters(png) == r2["images"][0]["parameters"] and "<lora:toy:0.5>" in r2["images"][0]["parameters"]
+    fresh = open_model(DEFAULT_MODEL, dtype=torch.float32)
+    AdapterStack(fresh).add(adapter, strength=0.5)
+    expected = generate(fresh, body["prompt"], seed=7, steps=3, cfg=3, progress=False)[0]
+    got = np.asarray(Image.open(png)).astype(int)
+    # as a fresh load at 0.5 gives (the worker runs on more threads: float sums may round apart by a level)
+    assert np.abs(got - np.asarray(expected.image).astype(int)).max() <= 2
+    assert np.abs(np.asarray(Image.open(root / paths[0])).astype(int) - got).max() > 10  # strength 1 differs
+    tagged = client.post("/api/generate", json={"prompt": "a red sks <lora:toy:0.8>", "steps": 2, "seed": 1}).json()
+    assert tagged["removed"] == ["toy"] and "<lora:toy:0.8>" in tagged["images"][0]["parameters"]
+    grid = client.post("/api/generate", json={**body, "sweep": [0, 1], "steps": 2}).json()
+    assert len(grid["images"]) == 1 and "Sweep:" in grid["images"][0]["parameters"]
+    assert [i["path"] for i in client.get("/api/generate/images").json()][:2] == [grid["images"][0]["path"],
+                                                                                   tagged["images"][0]["path"]]
+
+
+def test_generate_refuses_bad_input_by_field(client, root, adapter):
+    ok = {"prompt": "x", "steps": 2}
+    for change, field in [({"steps": 0}, "steps"), ({"width": 33}, "width"), ({"sampler": "nope"}, "sampler"),
+                          ({"cfg": "high"}, "cfg"), ({"prompt": ""}, "prompt"), ({"count": 99}, "count"),
+                          ({"model": "models/none"}, "model"),
+                          ({"loras": [{"path": "configs/quickstart.toml"}]}, "loras[0].path"),
+                          ({"loras": [{"path": "loras/toy.safetensors", "strength": 50}]}, "loras[0].strength"),
+                          ({"sweep": [0, 1]}, "sweep")]:
+        resp = client.post("/api/generate", json={**ok, **change})
+        assert resp.status_code in (404, 422) and resp.json()["field"] == field, (change, resp.text)
+    assert not (root / "outputs").exists()
+
+
+def test_tools_run_as_jobs_with_their_reports(root, adapter):
+    with TestClient(create_app(root)) as c:
+        tools = c.get("/api/tools").json()
+        assert set(tools) == {"bake", "merge", "resize", "extract", "convert", "eval"}
+        for body, field in [({"file": "loras/toy.safetensors", "to": "peft"}, "out"),
+                            ({"file": "loras/toy.safetensors", "to": "onnx", "out": "o.safetensors"}, "to"),
+                            ({"file": "loras/toy.safetensors", "to": "peft", "out": "loras/toy.safetensors"}, "out"),
+                            ({"file": "loras/toy.safetensors", "to": "peft", "out": "o.safetensors", "x": 1}, "x")]:
+            _err(c.post("/api/tools/convert", json=body), 422, field)
+        _err(c.post("/api/tools/format", json={}), 404, "tool")
+        job = c.post("/api/tools/convert", json={"file": "loras/toy.safetensors", "to": "peft", "model": "default",
+                                                 "out": "outputs/toy-peft.safetensors"}).json()
+        assert job["kind"] == "tool" and job["argv"][0] == "convert"
+        final = wait_for(lambda: (j := c.get(f"/api/jobs/{job['id']}").json())["status"] in ("done", "failed") and j, 120)
+        assert final["status"] == "done", final
+        assert (root / "outputs/toy-peft.safetensors").is_file()
+        assert c.get(f"/api/jobs/{job['id']}/log").text.strip()  # the command's report
+        listed = [a["path"] for a in c.get("/api/adapters").json()]
+        assert "outputs/toy-peft.safetensors" in listed

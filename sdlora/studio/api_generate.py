@@ -51,7 +51,10 @@ def _request(root: Path, body: GenerateBody) -> dict[str, Any]:
     model = model_path(root, body.model, "model")
     if not model.exists():
         raise NotFound(f"model = {body.model!r}: no such model folder or file", "model")
-    samplers.label(body.sampler)
+    try:
+        samplers.label(body.sampler)
+    except SdloraError as exc:
+        raise Invalid(str(exc), "sampler") from None
     adapters, names = [], set()
     for i, item in enumerate(body.loras):
         path = inside(root, item.path, field=f"loras[{i}].path", must_exist=True)

@@ -18,7 +18,8 @@ _FORMATS = ["kohya", "lycoris", "peft"]
 
 # tool -> fields: (name, flag or "" for positional, kind, required, choices). Kinds: model (a model path or
 # "default"), in (an existing file), out (a file or folder to write), adapters (a list of {path, weight}),
-# int, float, choice, floats (comma-separated numbers).
+# int, float, choice, floats (comma-separated numbers). ``model`` of merge / resize / convert: the base model,
+# needed for adapters of a non-standard model (the embedded default is one).
 TOOLS: dict[str, list[tuple[str, str, str, bool, list[str] | None]]] = {
     "bake": [("model", "--model", "model", True, None), ("adapters", "--lora", "adapters", True, None),
              ("out", "--out", "out", True, None), ("format", "--format", "choice", False, ["single-file", "diffusers"]),
@@ -26,16 +27,17 @@ TOOLS: dict[str, list[tuple[str, str, str, bool, list[str] | None]]] = {
     "merge": [("adapters", "", "adapters", True, None), ("out", "--out", "out", True, None),
               ("method", "--method", "choice", False, ["concat", "svd"]), ("rank", "--rank", "int", False, None),
               ("energy", "--energy", "float", False, None), ("to", "--to", "choice", False, _FORMATS),
-              ("dtype", "--dtype", "choice", False, _DTYPES)],
+              ("dtype", "--dtype", "choice", False, _DTYPES), ("model", "--model", "model", False, None)],
     "resize": [("file", "", "in", True, None), ("out", "--out", "out", True, None), ("rank", "--rank", "int", False, None),
                ("conv_rank", "--conv-rank", "int", False, None), ("energy", "--energy", "float", False, None),
-               ("dtype", "--dtype", "choice", False, _DTYPES)],
+               ("dtype", "--dtype", "choice", False, _DTYPES), ("model", "--model", "model", False, None)],
     "extract": [("base", "--base", "model", True, None), ("tuned", "--tuned", "model", True, None),
                 ("out", "--out", "out", True, None), ("rank", "--rank", "int", False, None),
                 ("conv_rank", "--conv-rank", "int", False, None), ("energy", "--energy", "float", False, None),
                 ("dtype", "--dtype", "choice", False, _DTYPES)],
     "convert": [("file", "", "in", True, None), ("to", "--to", "choice", True, _FORMATS),
-                ("unet_names", "--unet-names", "choice", False, ["sgm", "diffusers"]), ("out", "--out", "out", True, None)],
+                ("unet_names", "--unet-names", "choice", False, ["sgm", "diffusers"]), ("out", "--out", "out", True, None),
+                ("model", "--model", "model", False, None)],
     "eval": [("adapters", "", "adapters", True, None), ("model", "--model", "model", False, None),
              ("strengths", "--strengths", "floats", False, None), ("per_prompt", "--per-prompt", "int", False, None),
              ("out", "--out", "out", True, None)],

@@ -29,9 +29,9 @@ def error_sentence(log_path: Path, returncode: int) -> str | None:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    for line in reversed(lines):
-        if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX):].strip()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(ERROR_PREFIX):  # the CLI's sentence may go on over the lines after it
+            return "\n".join([lines[i][len(ERROR_PREFIX):]] + lines[i + 1:]).strip()
     if returncode < 0:
         return (f"the job's process was ended by signal {-returncode} (a crash, or killed); the server is fine: "
                 "see the job's log")

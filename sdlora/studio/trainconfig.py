@@ -22,13 +22,13 @@ from sdlora.files.tensors import atomic_write_bytes
 # (section, key): the config's path fields, as the form shows them (relative to the root).
 PATH_FIELDS = [("model", "path"), ("model", "tokenizer"), ("dataset", "path"), ("dataset", "reg_path"),
                ("training", "cache_dir"), ("sample", "prompts"), ("output", "dir")]
-_FIELD = re.compile(r"^\[?([A-Za-z_]+(?:\.[A-Za-z_0-9]+|\[\d+\])*)\]?")
+_FIELD = re.compile(r"^(?:([a-z_]+(?:\.[a-z_0-9]+|\[\d+\])+)|\[([a-z_]+)\])")
 
 
 def field_of(message: str) -> str | None:
     """The config key a ConfigError sentence starts with (``training.max_steps``), or the section."""
     m = _FIELD.match(message)
-    return m.group(1) if m else None
+    return (m.group(1) or m.group(2)) if m else None
 
 
 def _type_of(tp: Any) -> dict[str, Any]:

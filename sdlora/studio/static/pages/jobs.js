@@ -10,7 +10,7 @@ export async function render(view, arg) {
   const refresh = async () => {
     let jobs;
     try { jobs = await get("/api/jobs"); } catch (e) { return showError(e); }
-    table.replaceChildren(h("tr", {}, h("th", {}, "#"), h("th", {}, "job"), h("th", {}, "status"), h("th", {}, "progress")),
+    table.replaceChildren(h("tr", {}, h("th", {}, "#"), h("th", {}, "job"), h("th", {}, "status"), h("th", {}, "progress")), ...
       jobs.map((j) => h("tr", { class: `clickable ${String(j.id) === arg ? "selected" : ""}`, dataset: { id: j.id },
         onclick: () => (location.hash = `#/jobs/${j.id}`) },
         h("td", {}, j.id), h("td", {}, j.title, h("div", { class: "muted" }, fmtTime(j.created))), h("td", {}, status(j.status)),

@@ -93,7 +93,7 @@ export async function render(view) {
   try {
     schema = await get("/api/train/schema");
     const presets = await get("/api/train/presets");
-    presetSel.append(h("option", { value: "" }, "(defaults)"), presets.map((p) => h("option", { value: p.name }, p.name)));
+    presetSel.append(h("option", { value: "" }, "(defaults)"), ...presets.map((p) => h("option", { value: p.name }, p.name)));
     const load = async () => {
       const cfg = presetSel.value ? (await get(`/api/train/presets/${presetSel.value}`)).config : {};
       build(form, cfg);
