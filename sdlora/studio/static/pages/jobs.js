@@ -50,7 +50,7 @@ async function showJob(box, id, refresh) {
   const chart = new LineChart(canvas);
   const state = { points: [], step: 0, total: null, its: null, loss: null, lr: null, samples: [] };
   const draw = (s) => {
-    st.replaceChildren(status(s.status)); err.hidden = !s.error; err.textContent = s.error || "";
+    st.replaceChildren(status(s.status)); st.dataset.status = s.status; err.hidden = !s.error; err.textContent = s.error || "";
     buttons.stop.disabled = !["queued", "running"].includes(s.status);
     buttons.sample.disabled = buttons.save.disabled = s.status !== "running";
     buttons.resume.disabled = !s.resumable;
@@ -71,7 +71,7 @@ async function showJob(box, id, refresh) {
       else if (e.kind === "sample") for (const p of e.images) samples.append(h("a", { href: fileUrl(p), target: "_blank" }, h("img", { src: fileUrl(p), title: `step ${e.step}: ${p}`, class: "sample" })));
       else if (e.kind === "save") log.append(`[saved ${e.adapter}${e.state ? " and " + e.state : ""}]\n`);
     }
-    if (pts.length) chart.add(pts);
+    if (pts.length) { chart.add(pts); canvas.dataset.points = String(chart.points.length); }
     if (d.log.length) { log.append(d.log.join("\n") + "\n"); log.scrollTop = log.scrollHeight; }
     draw(d);
     refresh();
