@@ -291,6 +291,13 @@ def test_queue_saves_the_config_and_refuses_a_busy_output_dir(client, root):
     _err(client.post(f"/api/jobs/{job['id']}/control", json={"action": "sample"}), 409, "id")
     _err(client.post(f"/api/jobs/{job['id']}/control", json={"action": "explode"}), 422, "action")
     _err(client.get("/api/jobs/999"), 404, "id")
+    scripted = client.post("/api/train/queue", json={"preset": "quickstart", "set": [
+        "training.max_steps=12", 'output.dir="runs/scripted"']}).json()
+    assert scripted["out_dir"] == "runs/scripted" and load_config(root / scripted["config_path"]).training.max_steps == 12
+    _err(client.post("/api/train/queue", json={"preset": "quickstart", "set": ["training.max_steps=0"]}), 422,
+         "training.max_steps")
+    _err(client.post("/api/train/queue", json={"preset": "quickstart", "set": ['output.dir="../x"']}), 403, "output.dir")
+    _err(client.post("/api/train/queue", json={}), 422, "config")
 
 
 # ------------------------------------------------------------------------------------------ events / control

@@ -13,7 +13,7 @@ from sdlora.studio.api_jobs import describe
 from sdlora.studio.context import Conflict, Invalid, studio_of
 from sdlora.studio.paths import NotFound, STATE_DIR, inside, relative
 from sdlora.studio.trainconfig import from_form, read_preset, schema, to_form, write_toml
-from sdlora.trainers.config import dump_toml
+from sdlora.trainers.config import apply_override, dump_toml, parse_override
 
 router = APIRouter(tags=["train"])
 _PRESET = re.compile(r"^[\w.-]{1,80}$")
@@ -28,7 +28,11 @@ class SaveBody(ConfigBody):
     overwrite: bool = False
 
 
-class QueueBody(ConfigBody):
+class QueueBody(BaseModel):
+    config: dict[str, Any] | None = Field(None, description="sections as the schema lists them (or give preset)")
+    preset: str | None = Field(None, description="instead of config: a preset name from configs/")
+    set: list[str] = Field(default_factory=list, max_length=100,
+                           description="overrides as `sdlora train --set` takes them, e.g. training.max_steps=30")
     title: str = Field("", max_length=200)
 
 
@@ -91,9 +95,16 @@ def _busy(studio, out_dir: str) -> dict | None:
 
 @router.post("/api/train/queue")
 def queue(request: Request, body: QueueBody) -> dict[str, Any]:
-    """Validate, save the TOML under .sdlora-studio/configs/, and queue ``sdlora train`` on it."""
+    """Validate, save the TOML under .sdlora-studio/configs/, and queue ``sdlora train`` on it. The config is
+    the form's, or a preset's with ``set`` overrides (paths relative to the root)."""
     studio = studio_of(request)
-    cfg = from_form(studio.root, body.config)
+    if (body.config is None) == (body.preset is None):
+        raise Invalid("give either config (the form's sections) or preset (a name from configs/)", "config")
+    form = body.config if body.config is not None else preset(request, body.preset)["config"]
+    for text in body.set:
+        parts, value = parse_override(text)
+        apply_override(form, parts, value)
+    cfg = from_form(studio.root, form)
     out_dir = str(cfg.output_dir)
     other = _busy(studio, out_dir)
     if other is not None:
