@@ -4,7 +4,8 @@ A base model is gigabytes; saving or baking it must not hold a second copy in me
 writes the safetensors header first (it only needs each tensor's name, dtype and shape) and then asks a
 producer for each tensor in turn, so at most one output tensor exists at a time. ``LazyFile`` reads a
 safetensors file one tensor at a time (``safe_open``). Both sides are atomic: a temporary file (or folder)
-beside the target is renamed over it only when complete.
+beside the target is renamed over it only when complete; ``clean_stale`` removes (or, for a swap cut between
+its renames, puts back) what a killed save left behind.
 
 Writing gigabytes durably costs what the disk needs to store them; ``write_streamed`` hides most of it behind
 the producers' work: every ``WRITEBACK_BYTES`` it asks the kernel to start writing what it has written so far
@@ -19,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -32,7 +34,7 @@ import torch
 from safetensors import safe_open
 
 from sdlora.errors import ModelError
-from sdlora.files.tensors import atomic_path
+from sdlora.files.tensors import fsync_dir, atomic_path, display_path, is_write_error, make_folder, save_error
 
 ST_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -167,26 +169,100 @@ class LazyFile:
 
 @contextlib.contextmanager
 def atomic_folder(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` (an existing
-    folder is moved aside first and removed after). On error the temporary folder is removed and ``target``
-    is untouched."""
+    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` (see
+    ``replace_folder``). On error the temporary folder is removed and ``target`` is untouched."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    make_folder(target.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise save_error(target, exc) from None
     try:
         yield tmp
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the mode a plain mkdir would
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old is not None:
-            old.unlink()
-    except BaseException:
+        replace_folder(tmp, target)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_error(exc):
+            raise save_error(target, exc) from None
         raise
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``target``. An existing ``target`` is first renamed to
+    ``.<name>.old-<pid>`` and removed after; a kill between the two renames leaves that hidden copy, which
+    ``clean_stale`` puts back on the next run, so ``target`` is never lost."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if old.exists():
+            _remove(old)
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+# .NAME.PID.RANDOM.tmp (atomic_path / atomic_folder), .NAME.tmp-PID (training states), .NAME.old-PID (swaps)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$|^\.(?P<sname>.+)\.tmp-(?P<spid>\d+)$")
+_OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale(folder: str | Path, names: Callable[[str], bool] | None = None) -> list[str]:
+    """Tidy what killed saves left in ``folder``: temporary files and folders of processes that no longer
+    run are removed, and a ``.NAME.old-PID`` copy of a swap that was cut between its renames is renamed
+    back to NAME (or removed when NAME is there). ``names`` limits it to targets whose name it accepts.
+    Returns one sentence per thing done (for the caller to print)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        temp, old = _TEMP.match(entry.name), _OLD.match(entry.name)
+        if temp is not None:
+            name, pid = temp.group("name") or temp.group("sname"), int(temp.group("pid") or temp.group("spid"))
+        elif old is not None:
+            name, pid = old.group("name"), int(old.group("pid"))
+        else:
+            continue
+        if (names is not None and not names(name)) or pid_alive(pid):
+            continue
+        shown = display_path(entry)
+        if old is not None and not (folder / name).exists():
+            os.replace(entry, folder / name)
+            done.append(f"restored {display_path(folder / name)} from {shown}: a save by process {pid} was "
+                        "killed between its two renames")
+            continue
+        _remove(entry)
+        what = "the old copy of a finished swap" if old is not None else "the temporary file of a killed save"
+        done.append(f"removed {shown}: {what} (process {pid}, no longer running)")
+    return done

@@ -4,12 +4,16 @@
   a pickle file (refused unless ``allow_pickle``; then loaded with ``weights_only=True``), NaN/Inf
   tensors. Each gives an ``AdapterFileError`` with a one-line cause and a hint.
 - ``write_tensors`` is atomic: a temporary file beside the target, flushed and fsynced, then renamed over
-  it. A crash or Ctrl+C mid-save leaves the previous file intact.
+  it. A crash or Ctrl+C mid-save leaves the previous file intact. The temporary file is named
+  ``.<target name>.<pid>.<random>.tmp``, so the next run can remove those of killed processes
+  (``streaming.clean_stale``). A write that fails (full disk, read-only file system, a file where a folder
+  should be) raises ``SaveError`` naming the path and the cause, and leaves no temporary file.
 - ``kohya_hashes`` computes ``sshs_model_hash`` / ``sshs_legacy_hash`` as kohya sd-scripts does.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -22,7 +26,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from sdlora.errors import AdapterFileError
+from sdlora.errors import AdapterFileError, SdloraError
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -144,14 +148,64 @@ def check_tensors_finite(path: str | Path, tensors: dict[str, torch.Tensor]) -> 
                                "adapter is broken — retrain or use an earlier checkpoint of it")
 
 
+class SaveError(SdloraError):
+    """A file or folder that cannot be written: the message names the path and the cause."""
+
+
+# errno values that say "this cannot be written here", whatever the write was
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose an output folder on another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another output folder",
+    errno.EROFS: "the file system is read-only; choose an output folder on a writable disk",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "permission denied; choose a folder you can write to",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another output folder",
+    errno.EEXIST: "a file is in the way of a folder; move it or choose another output folder",
+}
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (e.g. b'caf\\xe9.png') shown as \\xe9."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def save_error(path: str | Path, exc: OSError) -> SaveError:
+    """The SaveError sentence for an OSError met while writing ``path``."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    hint = _HINTS.get(exc.errno or 0, "check the folder and the disk")
+    return SaveError(f"cannot write {display_path(path)}: {cause}; {hint}")
+
+
+def is_write_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+
+
+def make_folder(folder: str | Path) -> Path:
+    """``mkdir -p folder``, or a SaveError naming the folder and the cause."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise save_error(folder, exc) from None
+    if not folder.is_dir():
+        raise save_error(folder, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)))
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsynced and renamed over ``target``.
-    On any error (or KeyboardInterrupt) the temporary file is removed and ``target`` is untouched."""
+    On any error (or KeyboardInterrupt) the temporary file is removed and ``target`` is untouched; an
+    OSError of writing (full disk, read-only, ...) becomes a SaveError naming ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    make_folder(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise save_error(target, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -160,10 +214,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _new_file_mode(target))  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
-    except BaseException:
+        fsync_dir(target.parent)
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if is_write_error(exc):
+            raise save_error(target, exc) from None
         raise
 
 
@@ -177,7 +233,7 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
