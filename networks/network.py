@@ -151,12 +151,12 @@ def _has(mod: nn.Module, path: str) -> bool:
         return False
 
 
-def slot(component: str, path: str) -> str:
+def module_key(component: str, path: str) -> str:
     """The Network's key for a module: ``unet/down_blocks/0/...`` (ModuleDict keys cannot hold dots)."""
     return f"{component}/{path.replace('.', '/')}"
 
 
-def unslot(key: str) -> tuple[str, str]:
+def split_module_key(key: str) -> tuple[str, str]:
     component, _, rest = key.partition("/")
     return component, rest.replace("/", ".")
 
@@ -183,7 +183,7 @@ class Network(nn.ModuleDict):
         self.config = config
         self._multiplier = 1.0
         for (component, path), module in (modules or {}).items():
-            self[slot(component, path)] = module
+            self[module_key(component, path)] = module
 
     # ------------------------------------------------------------------ create
     @classmethod
@@ -211,11 +211,11 @@ class Network(nn.ModuleDict):
     def items_by_module(self) -> Iterator[tuple[str, str, AdapterModule]]:
         """(component, module path, adapter) for every adapter."""
         for key, module in self.items():
-            component, path = unslot(key)
+            component, path = split_module_key(key)
             yield component, path, module
 
     def components(self) -> list[str]:
-        return sorted({unslot(k)[0] for k in self.keys()})
+        return sorted({split_module_key(k)[0] for k in self.keys()})
 
     # ------------------------------------------------------------- strengths
     @property

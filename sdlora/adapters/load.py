@@ -104,7 +104,7 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
         root = present[component]
         layer = root.get_submodule(_raw_path(root, path))
         try:
-            module = build_module(layer, tensors)
+            module = module_from_file_tensors(layer, tensors)
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:
             report.shape_errors.append(f"{name}: {exc}")
             continue
@@ -127,7 +127,7 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
     return network, report
 
 
-def build_module(layer: nn.Module, tensors: dict[str, torch.Tensor]) -> AdapterModule:
+def module_from_file_tensors(layer: nn.Module, tensors: dict[str, torch.Tensor]) -> AdapterModule:
     """An adapter module on ``layer`` from one module's file tensors (canonical suffixes)."""
     algo = module_algo(tensors)
     if algo is None:

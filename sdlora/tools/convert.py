@@ -21,7 +21,7 @@ from sdlora.adapters import build_metadata, peft_metadata
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError, ConfigError
 from sdlora.networks import Network
-from sdlora.tools.delta import built_module, dora_shape
+from sdlora.tools.delta import tool_module, dora_shape
 from sdlora.tools.output import check_dialect, output_name, peft_cannot_hold
 from sdlora.tools.reference import ModelLike
 from sdlora.tools.report import Report
@@ -42,7 +42,7 @@ def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | Non
     ref = src.ref
     style = unet_names or src.unet_names
     names = {key: output_name(key, ref, to, style) for key in src.modules}
-    modules = {key: built_module(ref.layer(key), t, f"{src.path}: {src.names[key]}") for key, t in src.modules.items()}
+    modules = {key: tool_module(ref.layer(key), t, f"{src.path}: {src.names[key]}") for key, t in src.modules.items()}
     if to == "peft":
         refused = [(src.names[k], why) for k, m in modules.items() if (why := peft_cannot_hold(m))]
         if refused:

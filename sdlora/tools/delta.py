@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from sdlora.adapters import build_module
+from sdlora.adapters import module_from_file_tensors
 from sdlora.errors import AdapterFileError
 from sdlora.networks import AdapterModule, file_algorithm
 from sdlora.networks.full import FullModule, NormModule
@@ -51,7 +51,7 @@ def module_delta(layer: nn.Module, tensors: dict[str, Tensor], *, dora: str = "f
     ``dora``: "fold" gives DoRA's effective change at strength 1, merged_weight(W) − W (needs W);
     "keep" gives the directional γ·ΔW and carries ``dora_scale`` in ``Delta.dora``.
     """
-    module = built_module(layer, tensors, where)
+    module = tool_module(layer, tensors, where)
     if isinstance(module, NormModule):
         norm = {"w_norm": module.w_norm.detach().float()}
         if module.b_norm is not None:
@@ -77,12 +77,12 @@ def dora_shape(mag: Tensor, weight: Tensor) -> tuple[int, ...]:
     return tuple(mag.shape)
 
 
-def built_module(layer: nn.Module, tensors: dict[str, Tensor], where: str = "") -> AdapterModule:
+def tool_module(layer: nn.Module, tensors: dict[str, Tensor], where: str = "") -> AdapterModule:
     """An adapter module on ``layer`` (a meta layer is fine) holding ``tensors``, DoRA magnitude included."""
     tensors = {k: v for k, v in tensors.items() if k not in ("scale", "on_input")}
     mag = tensors.pop("dora_scale", None)
     try:
-        module = build_module(layer, tensors)
+        module = module_from_file_tensors(layer, tensors)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         hint = ("; the file does not fit the shipped model config: pass --model with the base model it was made "
                 "for" if layer.weight.device.type == "meta" else "; the file was made for another model")
