@@ -108,7 +108,8 @@ class DatasetSection:
     buckets: bool = _opt(True, doc="aspect-ratio bucketing")
     bucket_min_side: int = _opt(256, min=8)
     bucket_max_side: int = _opt(1024, min=8)
-    bucket_step: int = _opt(64, min=8, doc="bucket sides are multiples of this (a multiple of 8)")
+    bucket_step: int | None = _opt(None, min=8, doc="bucket sides are multiples of this (a multiple of 8); "
+                                   "empty: 64, or less for a small resolution")
     bucket_no_upscale: bool = _opt(False)
     crop: str = _opt("center", choices=_CROPS)
     flip: bool = _opt(False)
@@ -441,7 +442,7 @@ def check(cfg: TrainConfig) -> None:
             (f"dataset.subsets[{i}].caption_extension", s.caption_extension) for i, s in enumerate(d.subsets)]:
         if ext is not None and not ext.startswith("."):
             raise ConfigError(f"{where} = {_fmt(ext)} is not allowed: write it with its dot, e.g. \".txt\"")
-    if d.bucket_step % 8:
+    if d.bucket_step is not None and d.bucket_step % 8:
         raise ConfigError(f"dataset.bucket_step = {d.bucket_step} is not allowed: use a multiple of 8")
     if d.bucket_min_side > d.bucket_max_side:
         raise ConfigError(f"dataset.bucket_min_side = {d.bucket_min_side} is larger than dataset.bucket_max_side "
