@@ -17,26 +17,23 @@ continues exactly (bitwise on CPU).
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+from accelerate import Accelerator
 
 from sdlora import adapters
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.models import BaseModel, open_model
-from sdlora.networks import Network, NetworkConfig
+from sdlora.networks import Network
 from sdlora.trainers import buckets, state as states
 from sdlora.trainers.batches import epoch_batches, local_slice, rng_for
-from sdlora.trainers.cache import LatentCache, Store, TextCache, fit, module_identity, tokenizer_identity
-from sdlora.trainers.captions import augment, varies
+from sdlora.trainers.cache import fit
+from sdlora.trainers.captions import augment
 from sdlora.trainers.config import TrainConfig, save_config, to_dict
 from sdlora.trainers.data import Dataset, full_caption, scan
 from sdlora.models.encode import encode_pixels, encode_text, time_ids, vae_factor
@@ -45,9 +42,9 @@ from sdlora.trainers.monitor import Monitor
 from sdlora.models.noise import add_noise, fixed_noise, snr_weight, target
 from sdlora.trainers.noise import draw, per_sample_loss
 from sdlora.trainers.optim import learning_rates, make_optimizer, make_scheduler, param_groups
-
-_DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
+from sdlora.trainers.samples import generate as generate_samples, read_prompts
+from sdlora.trainers.setup import (DTYPES, build_caches, crop_after_flip, finish_step_on_interrupt, network_config,
+                                   prepare_model, reset_accelerator_if, seed_everything, training_scheduler)
 
 class TrainingStopped(SdloraError):
     """Training stopped early (repeated non-finite steps); the message says what was saved."""
@@ -74,29 +71,13 @@ class Batch:
     weights: torch.Tensor  # (b,)
 
 
-def network_config(cfg: TrainConfig, family: str) -> NetworkConfig:
-    n, t = cfg.network, cfg.training
-    preset = n.preset or ("attn-mlp" if n.algo == "lora" else "full")
-    components = ("unet", "te1", "te2") if t.train_text_encoder else ("unet",)
-    try:
-        return NetworkConfig(algo=n.algo, rank=n.rank, alpha=n.alpha, conv_rank=n.conv_rank, conv_alpha=n.conv_alpha,
-                             preset=preset, dora=n.dora, tucker=n.tucker, factor=n.factor,
-                             decompose_both=n.decompose_both, rs_lora=n.rs_lora, dropout=n.dropout,
-                             rank_dropout=n.rank_dropout, module_dropout=n.module_dropout, include=list(n.include),
-                             exclude=list(n.exclude), components=components)
-    except ValueError as exc:
-        raise ConfigError(f"[network]: {exc}") from None
-
-
 class Trainer:
     """One training run. ``log`` receives the reports printed before and after training."""
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print,
                  model: BaseModel | None = None):
-        from accelerate import Accelerator
-
         self.cfg = cfg
-        _reset_accelerator_if(cfg.training.mixed_precision)
+        reset_accelerator_if(cfg.training.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision)
         self.main = self.accelerator.is_main_process
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -105,7 +86,7 @@ class Trainer:
         self.on_step: list[Callable[["Trainer", int], None]] = []  # called after every optimiser step
         self.resume_from = states.load_state(resume) if resume else None
         t = cfg.training
-        _seed_everything(t.seed)
+        seed_everything(t.seed)
 
         # data
         self.dataset: Dataset = scan(cfg.dataset)
@@ -114,8 +95,6 @@ class Trainer:
         self.log("buckets:\n" + buckets.report(self.dataset))
         self.prompts = []
         if cfg.sample.prompts:
-            from sdlora.trainers.samples import read_prompts
-
             self.prompts = read_prompts(cfg.sample, cfg.resolution)
         elif cfg.sample.every_steps or cfg.sample.every_epochs or cfg.sample.at_start:
             raise ConfigError("sample.every_steps/every_epochs/at_start is set but sample.prompts names no file")
@@ -124,8 +103,8 @@ class Trainer:
         self.model = model or open_model(cfg.model.path, prediction_type=cfg.model.prediction_type or None,
                                          tokenizer=cfg.model.tokenizer or None, config=cfg.model.config or None)
         self.family, self.prediction_type = self.model.family, self.model.prediction_type
-        self.weight_dtype = _DTYPES[t.mixed_precision]
-        self._prepare_model()
+        self.weight_dtype = DTYPES[t.mixed_precision]
+        prepare_model(self.model, cfg, self.device, self.weight_dtype, self.log)
         self.network = Network.create(self.model.components(), network_config(cfg, self.family))
         if not len(self.network):
             raise ConfigError("[network] selects no layer of the model: check network.preset, include and exclude")
@@ -137,24 +116,12 @@ class Trainer:
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.trains_te = any(c in ("te1", "te2") for c in self.network.components())
 
-        # schedule
-        self.global_batch = t.batch_size * self.world
-        self.batches_per_epoch = len(epoch_batches(self.dataset, t.seed, 0, self.global_batch))
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation)
-        self.total_steps = t.max_steps
-        if t.max_epochs:
-            self.total_steps = min(self.total_steps, t.max_epochs * self.steps_per_epoch)
-        optimizer = make_optimizer(cfg.optimizer, param_groups(self.network, learning_rates(t)))
-        if cfg.optimizer.name == "prodigy" and t.learning_rate < 0.1:
-            self.log(f"note: Prodigy scales its own steps and expects training.learning_rate = 1.0, not {t.learning_rate:g}")
-        self.optimizer = self.accelerator.prepare(optimizer)
-        self.scheduler = make_scheduler(optimizer, cfg.optimizer, self.total_steps, t.te_stop_step)
-        noise_scheduler = _training_scheduler(self.model)
-        self.alphas_cumprod = noise_scheduler.alphas_cumprod.float()
-        self.max_t = min(t.max_timestep, int(noise_scheduler.config.num_train_timesteps))
+        self._build_schedule()
 
         # caches
-        self._setup_caches()
+        caches = build_caches(cfg, self.model, self.dataset, self.device, self.trains_te, self._encode_text, self.log)
+        self.latent_cache, self.text_cache = caches.latent, caches.text
+        self.cached_subsets, self.cache_stats = caches.cached_subsets, caches.stats
 
         # position
         self.step, self.epoch, self.position, self.bad_in_row = 0, 0, 0, 0
@@ -166,102 +133,28 @@ class Trainer:
                      f"replaces them (to continue that run instead: --resume {cfg.output_dir})")
 
     # ------------------------------------------------------------------------------------ setup
+    def _build_schedule(self) -> None:
+        """Steps per epoch and in all, the optimiser and LR scheduler, the noise schedule's alphas."""
+        cfg, t = self.cfg, self.cfg.training
+        self.global_batch = t.batch_size * self.world
+        self.batches_per_epoch = len(epoch_batches(self.dataset, t.seed, 0, self.global_batch))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation)
+        self.total_steps = t.max_steps
+        if t.max_epochs:
+            self.total_steps = min(self.total_steps, t.max_epochs * self.steps_per_epoch)
+        optimizer = make_optimizer(cfg.optimizer, param_groups(self.network, learning_rates(t)))
+        if cfg.optimizer.name == "prodigy" and t.learning_rate < 0.1:
+            self.log(f"note: Prodigy scales its own steps and expects training.learning_rate = 1.0, not {t.learning_rate:g}")
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.scheduler = make_scheduler(optimizer, cfg.optimizer, self.total_steps, t.te_stop_step)
+        noise_scheduler = training_scheduler(self.model)
+        self.alphas_cumprod = noise_scheduler.alphas_cumprod.float()
+        self.max_t = min(t.max_timestep, int(noise_scheduler.config.num_train_timesteps))
+
+
     def log(self, text: str) -> None:
         if self.main and text:
             self._log(text)
-
-    def _prepare_model(self) -> None:
-        cfg, m = self.cfg, self.model
-        m.vae.requires_grad_(False).eval()
-        _move(m.vae, self.device, _DTYPES[cfg.model.vae_dtype])
-        m.unet.requires_grad_(False)
-        _move(m.unet, self.device, self.weight_dtype)
-        for te in m.text_encoders:
-            te.requires_grad_(False)
-            _move(te, self.device, self.weight_dtype)
-        checkpointing = cfg.training.gradient_checkpointing
-        if checkpointing:
-            m.unet.enable_gradient_checkpointing()
-            if cfg.training.train_text_encoder:
-                for te in m.text_encoders:
-                    if hasattr(te, "activation_checkpointing_enable"):  # transformers 5
-                        te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-                    else:
-                        te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # Base dropouts are 0 in SD models; train() only lets checkpointing run in transformers.
-        m.unet.train(checkpointing)
-        for te in m.text_encoders:
-            te.train(checkpointing and cfg.training.train_text_encoder)
-        if cfg.model.attention == "xformers":
-            try:
-                m.unet.enable_xformers_memory_efficient_attention()
-            except Exception as exc:  # not installed, or no CUDA build
-                self.log(f"xformers is not usable here ({type(exc).__name__}: {exc}); using PyTorch SDPA attention")
-
-    def _setup_caches(self) -> None:
-        cfg, t = self.cfg, self.cfg.training
-        folder = None
-        if t.cache_to_disk:
-            folder = Path(t.cache_dir) if t.cache_dir else cfg.output_dir / "cache"
-        self.latent_cache = self.text_cache = None
-        notes = []
-        self.cached_subsets: set[int] = set()
-        if t.cache_latents:
-            self.cached_subsets = {i for i, s in enumerate(self.dataset.subsets) if s.crop == "center"}
-            if len(self.cached_subsets) < len(self.dataset.subsets):
-                notes.append("latents of subsets with random crop are not cached (each step crops anew)")
-            if self.cached_subsets:
-                vae = self.model.vae
-                self.latent_cache = LatentCache(
-                    Store(folder / "latents" if folder else None),
-                    lambda px: encode_pixels(vae, px.to(self.device), self.model.latent_scale),
-                    module_identity(vae), vae_factor(vae), cfg.dataset.background)
-        if t.cache_text_outputs:
-            if self.trains_te:
-                notes.append("text-encoder outputs are not cached: the text encoders are trained")
-            elif any(varies(s) for s in self.dataset.subsets):
-                notes.append("text-encoder outputs are not cached: caption shuffling / tag dropout make every "
-                             "caption new")
-            else:
-                text_id = "|".join([module_identity(te) for te in self.model.text_encoders] +
-                                   [tokenizer_identity(tok) for tok in self.model.tokenizers] +
-                                   [str(cfg.model.clip_skip), self.family])
-                self.text_cache = TextCache(Store(folder / "text" if folder else None), self._encode_text, text_id)
-        for note in notes:
-            self.log(f"cache: {note}")
-        self.cache_stats = self._fill_caches()
-        if self.cache_stats:
-            self.log("cache: " + ", ".join(f"{k} {v}" for k, v in self.cache_stats.items()))
-
-    def _fill_caches(self) -> dict[str, int]:
-        stats = {}
-        items, subsets = self.dataset.items, self.dataset.subsets
-        if self.latent_cache is not None:
-            self.latent_cache.fill([it for it in items if it.subset in self.cached_subsets], subsets)
-            store = self.latent_cache.store
-            stats.update({"latents encoded": store.encoded, "latents reused": store.reused})
-        if self.text_cache is not None:
-            captions = [full_caption(it) for it in items]
-            if any(s.caption_dropout for s in subsets):
-                captions.append("")
-            self.text_cache.fill(captions)
-            store = self.text_cache.store
-            stats.update({"text encoded": store.encoded, "text reused": store.reused})
-        self._offload_unused()
-        return stats
-
-    def _offload_unused(self) -> None:
-        """On an accelerator, move the VAE / text encoders to the CPU when caches hold all they would make
-        and no samples are drawn (SDXL's encoders hold gigabytes)."""
-        if self.device.type == "cpu" or self.cfg.sample.prompts:
-            return
-        if self.latent_cache is not None and len(self.cached_subsets) == len(self.dataset.subsets):
-            self.model.vae.to("cpu")
-        if self.text_cache is not None:
-            for te in self.model.text_encoders:
-                te.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _encode_text(self, captions: list[str]):
         hidden, pooled = encode_text(self.model, captions, self.cfg.model.clip_skip)
@@ -320,7 +213,7 @@ class Trainer:
             entries = self.latent_cache.get([items[k] for k in cached], ds.subsets, [flips[k] for k in cached])
             for k, e in zip(cached, entries):
                 latents[k], masks[k] = e["latents"], e.get("mask")
-                crops[k] = _crop_after_flip(items[k], flips[k])
+                crops[k] = crop_after_flip(items[k], flips[k])
         fresh = [k for k in range(len(items)) if latents[k] is None]
         if fresh:
             samples = [fit(items[k], subs[k], flips[k], subs[k].crop if augmented else "center", rngs[k],
@@ -473,9 +366,7 @@ class Trainer:
     def sample(self, monitor: Monitor | None = None) -> list:
         if not self.prompts or not self.main:
             return []
-        from sdlora.trainers.samples import generate
-
-        out = generate(self.model, self.network, self.prompts, self.cfg.output_dir / "samples",
+        out = generate_samples(self.model, self.network, self.prompts, self.cfg.output_dir / "samples",
                        f"step{self.step:06d}")
         if monitor is not None:
             monitor.images(self.step, out)
@@ -522,7 +413,7 @@ class Trainer:
                     order = (self.epoch, epoch_batches(self.dataset, t.seed, self.epoch, self.global_batch))
                 batches = order[1]
                 group = batches[self.position:self.position + t.gradient_accumulation]
-                with _finish_step_on_interrupt():  # Ctrl+C lands between steps, never inside one
+                with finish_step_on_interrupt():  # Ctrl+C lands between steps, never inside one
                     loss, norm = self.train_step(group, self.epoch, self.position)
                     self.step += 1
                     self.position += len(group)
@@ -542,17 +433,9 @@ class Trainer:
                     self.bad_in_row = 0
                     result.losses[self.step] = loss
                 monitor.step(self.step, loss, lrs, norm)
-                if t.save_every_steps and self.step % t.save_every_steps == 0 and self.step < self.total_steps:
-                    self._periodic_save()
-                if cfg.sample.every_steps and self.step % cfg.sample.every_steps == 0:
-                    self.sample(monitor)
-                if epoch_done:
-                    if t.save_every_epochs and self.epoch % t.save_every_epochs == 0 and self.step < self.total_steps:
-                        self._periodic_save()
-                    if cfg.sample.every_epochs and self.epoch % cfg.sample.every_epochs == 0:
-                        self.sample(monitor)
-                    if t.max_epochs and self.epoch >= t.max_epochs:
-                        break
+                self._cadence(monitor, epoch_done)
+                if epoch_done and t.max_epochs and self.epoch >= t.max_epochs:
+                    break
                 for callback in self.on_step:
                     callback(self, self.step)
         except KeyboardInterrupt:
@@ -570,6 +453,19 @@ class Trainer:
         self.log(f"done: {self.step} steps; adapter {result.adapter}; state {result.state}")
         return result
 
+    def _cadence(self, monitor: Monitor, epoch_done: bool) -> None:
+        """The saves and samples due after this step (by step count, and by epoch when one just ended)."""
+        cfg, t = self.cfg, self.cfg.training
+        if t.save_every_steps and self.step % t.save_every_steps == 0 and self.step < self.total_steps:
+            self._periodic_save()
+        if cfg.sample.every_steps and self.step % cfg.sample.every_steps == 0:
+            self.sample(monitor)
+        if epoch_done:
+            if t.save_every_epochs and self.epoch % t.save_every_epochs == 0 and self.step < self.total_steps:
+                self._periodic_save()
+            if cfg.sample.every_epochs and self.epoch % cfg.sample.every_epochs == 0:
+                self.sample(monitor)
+
     def _stop_bad(self) -> None:
         out, name = self.cfg.output_dir, self.cfg.output.name
         path = out / f"{name}-last-good.safetensors"
@@ -582,72 +478,6 @@ class Trainer:
             f"training stopped at step {self.step}: {self.bad_in_row} steps in a row had a non-finite loss or "
             f"gradients ({saved}). Lower training.learning_rate, set training.max_grad_norm, or use bf16 instead "
             "of fp16")
-
-
-def _crop_after_flip(item, flip: bool) -> tuple[int, int]:
-    from sdlora.files.images import crop_box
-
-    (nw, _), (left, top) = crop_box(item.size, item.bucket, "center", None)
-    return (top, nw - item.bucket[0] - left if flip else left)
-
-
-@contextlib.contextmanager
-def _finish_step_on_interrupt():
-    """Hold a first Ctrl+C until the block (one optimiser step and its counters) is done, then raise
-    KeyboardInterrupt, so a saved state is always between two steps. A second Ctrl+C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    pending = []
-
-    def hold(signum, frame):
-        pending.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pending:
-        raise KeyboardInterrupt
-
-
-def _reset_accelerator_if(mixed_precision: str) -> None:
-    """accelerate keeps one process-wide state; a later training in the same process with another mixed
-    precision resets it (the process group, if any, is kept)."""
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
-        AcceleratorState._reset_state()
-
-
-def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move to ``device``; cast only when the dtype changes (diffusers warns on every cast)."""
-    param = next(module.parameters())
-    if param.dtype != dtype:
-        module.to(device, dtype)
-    elif param.device != device:
-        module.to(device)
-
-
-def _training_scheduler(model: BaseModel):
-    import warnings
-
-    from diffusers import DDPMScheduler
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DDPMScheduler.from_config(model.pipe.scheduler.config)
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
