@@ -37,6 +37,12 @@ def make_buckets(resolution: tuple[int, int], min_side: int, max_side: int, step
     return sorted(found, key=lambda b: (b[0] / b[1], b[0] * b[1]))
 
 
+def default_step(resolution: tuple[int, int]) -> int:
+    """The bucket step when none is set: 64 from a 256 px shorter side down, else a quarter of the shorter
+    side rounded down to a multiple of 8 (at least 8), so a default never conflicts with the resolution."""
+    return min(64, max(8, min(resolution) // 4 // 8 * 8))
+
+
 def nearest(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
     ar = math.log(size[0] / size[1])
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ar), -b[0] * b[1]))
@@ -49,6 +55,12 @@ def assign(dataset: Dataset, section: DatasetSection, resolution: tuple[int, int
             it.bucket = resolution
         return [resolution]
     step = section.bucket_step
+    if step is None:
+        step = default_step(resolution)
+        dataset.bucket_note = (f"bucket step {step} (dataset.bucket_step not set: derived from the resolution "
+                               f"{resolution[0]}x{resolution[1]})")
+    else:
+        dataset.bucket_note = f"bucket step {step} (dataset.bucket_step)"
     buckets = make_buckets(resolution, section.bucket_min_side, section.bucket_max_side, step)
     area = resolution[0] * resolution[1]
     for it in dataset.items:
@@ -63,5 +75,6 @@ def assign(dataset: Dataset, section: DatasetSection, resolution: tuple[int, int
 def report(dataset: Dataset) -> str:
     """Bucket sizes with their image counts (repeats not counted), one per line."""
     counts = collections.Counter(it.bucket for it in dataset.items)
-    lines = [f"  {w}x{h} (aspect {w / h:.2f}): {n} images" for (w, h), n in sorted(counts.items())]
+    lines = [f"  {dataset.bucket_note}"] if dataset.bucket_note else []
+    lines += [f"  {w}x{h} (aspect {w / h:.2f}): {n} images" for (w, h), n in sorted(counts.items())]
     return "\n".join(lines)

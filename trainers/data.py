@@ -24,6 +24,7 @@ from pathlib import Path
 from sdlora.errors import SdloraError
 from sdlora.trainers.config import DatasetSection, SubsetSection
 from sdlora.files.images import IMAGE_EXTENSIONS, BadImage, decode
+from sdlora.files.tensors import display_path
 
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 CAPTION_EXTENSIONS = (".txt", ".caption")
@@ -106,7 +107,7 @@ class DataReport:
         if self.ignored_folders:
             lines.append("  folders ignored (not named N_name, e.g. 10_sks dog): "
                          + ", ".join(str(p) for p in self.ignored_folders[:limit]))
-        return "\n".join(lines)
+        return display_path("\n".join(lines))  # file names that are not UTF-8 print as \xNN
 
 
 @dataclass
@@ -114,6 +115,21 @@ class Dataset:
     subsets: list[Subset]
     items: list[Item]
     report: DataReport
+    bucket_note: str = ""  # how the bucket step was chosen (buckets.assign)
+    lost: dict[int, str] = field(default_factory=dict)  # item index -> why it became unusable after the scan
+
+    def lose(self, index: int, why: str) -> str:
+        """Mark item ``index`` unusable for the rest of the run; returns the line to print. Raises
+        DatasetError when no training image is left."""
+        self.lost[index] = why
+        self.report.skipped.append((self.items[index].path, why))
+        left = [i for i in self.train_items() if i not in self.lost and self.items[i].path.is_file()]
+        if not left:
+            raise DatasetError(f"no training image is left: {display_path(self.items[index].path)} and every other "
+                               "training image became unreadable or was deleted after the scan; put the images "
+                               "back")
+        return display_path(f"skipped {self.items[index].path}: {why} (it became unusable after the scan; "
+                            "training goes on without it)")
 
     def train_items(self) -> list[int]:
         return [i for i, it in enumerate(self.items) if not self.subsets[it.subset].is_reg]
