@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.errors import ConfigError
+from sdlora.trainers.config_toml import dump_toml, save_config, to_dict
+from sdlora.trainers.config_values import apply_override, build_section, parse_override, show_value
+
+__all__ = ["TrainConfig", "load_config", "config_from_dict", "check", "to_dict", "dump_toml", "save_config",
+           "parse_override", "apply_override"]
 
 
 def _opt(default: Any = None, *, choices: tuple | None = None, min: float | None = None,
@@ -224,135 +227,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------- validation
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a table"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            type(None): "empty"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _fmt(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list, dict)) else repr(value)
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """``value`` checked against the annotation ``tp``; raises ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be a table")
-        return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key} = {_fmt(value)} is not allowed: it must be {_type_name(tp)}")
-
-
-def _check_range(value: Any, meta: dict, key: str) -> None:
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        shown = ", ".join(_fmt(c) for c in choices if c is not None)
-        raise ConfigError(f"{key} = {_fmt(value)} is not allowed: use one of {shown}")
-    values = value if isinstance(value, list) else [value]
-    for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and v < lo:
-            raise ConfigError(f"{key} = {_fmt(value)} is out of range: it must be at least {lo:g}")
-        if hi is not None and v > hi:
-            raise ConfigError(f"{key} = {_fmt(value)} is out of range: it must be at most {hi:g}")
-
-
-def _build(cls: type, raw: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"{where}.{key} is not a config key (the keys of [{where}] are: "
-                              f"{', '.join(fields)}){hint}")
-    values = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        key = f"{where}.{name}"
-        value = _convert(raw[name], hints[name], key)
-        _check_range(value, dict(f.metadata), key)
-        values[name] = value
-    return cls(**values)
-
-
-# ------------------------------------------------------------------------------------------ loading
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``section.key=value`` -> (["section", "key"], value); the value is read as TOML, else as a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set {text!r}: write section.key=value, e.g. --set training.max_steps=200")
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_override(raw: dict, parts: list[str], value: Any) -> None:
-    """Set ``value`` at the dotted path ``parts`` of the raw TOML dict (list items by index)."""
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i])} has {len(node)} entries; "
-                                  f"{part!r} is not one of their indices")
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-            if not isinstance(node, (dict, list)):
-                raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is a value, not a table")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {'.'.join(parts)}: no entry {last!r} in {'.'.join(parts[:-1])}")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> TrainConfig:
     """A validated TrainConfig from plain data (a parsed TOML document)."""
     hints = typing.get_type_hints(TrainConfig)
@@ -364,8 +238,8 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> TrainConf
             hint = f"; did you mean [{near[0]}]?" if near else ""
             raise ConfigError(f"[{name}] is not a config section (use {', '.join(f'[{s}]' for s in sections)}){hint}")
         if not isinstance(body, dict):
-            raise ConfigError(f"{name} = {_fmt(body)} is not allowed: [{name}] must be a table")
-        values[name] = _build(hints[name], body, name)
+            raise ConfigError(f"{name} = {show_value(body)} is not allowed: [{name}] must be a table")
+        values[name] = build_section(hints[name], body, name)
     cfg = TrainConfig(**values)
     if base_dir is not None:
         _resolve_paths(cfg, Path(base_dir))
@@ -432,16 +306,16 @@ def check(cfg: TrainConfig) -> None:
         if not s.path:
             raise ConfigError(f"dataset.subsets[{i}].path is empty: name an image folder")
     if isinstance(d.resolution, list) and len(d.resolution) != 2:
-        raise ConfigError(f"dataset.resolution = {_fmt(d.resolution)} is not allowed: use one side or "
+        raise ConfigError(f"dataset.resolution = {show_value(d.resolution)} is not allowed: use one side or "
                           "[width, height]")
     sides = [d.resolution] if isinstance(d.resolution, int) else d.resolution
     if any(side % 8 for side in sides):
-        raise ConfigError(f"dataset.resolution = {_fmt(d.resolution)} is not allowed: sides must be multiples of 8 "
+        raise ConfigError(f"dataset.resolution = {show_value(d.resolution)} is not allowed: sides must be multiples of 8 "
                           "(the VAE works in 8-pixel cells), e.g. 512 or [768, 512]")
     for where, ext in [("dataset.caption_extension", d.caption_extension)] + [
             (f"dataset.subsets[{i}].caption_extension", s.caption_extension) for i, s in enumerate(d.subsets)]:
         if ext is not None and not ext.startswith("."):
-            raise ConfigError(f"{where} = {_fmt(ext)} is not allowed: write it with its dot, e.g. \".txt\"")
+            raise ConfigError(f"{where} = {show_value(ext)} is not allowed: write it with its dot, e.g. \".txt\"")
     if d.bucket_step is not None and d.bucket_step % 8:
         raise ConfigError(f"dataset.bucket_step = {d.bucket_step} is not allowed: use a multiple of 8")
     if d.bucket_min_side > d.bucket_max_side:
@@ -452,62 +326,14 @@ def check(cfg: TrainConfig) -> None:
     try:
         ImageColor.getrgb(d.background)
     except ValueError:
-        raise ConfigError(f"dataset.background = {_fmt(d.background)} is not a colour: use a name such as "
+        raise ConfigError(f"dataset.background = {show_value(d.background)} is not a colour: use a name such as "
                           "\"white\" or a hex value such as \"#808080\"") from None
     if t.min_timestep >= t.max_timestep:
         raise ConfigError(f"training.min_timestep = {t.min_timestep} must be below training.max_timestep = "
                           f"{t.max_timestep}")
     if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
-        raise ConfigError(f"optimizer.betas = {_fmt(cfg.optimizer.betas)} is not allowed: use two numbers in "
+        raise ConfigError(f"optimizer.betas = {show_value(cfg.optimizer.betas)} is not allowed: use two numbers in "
                           "[0, 1), e.g. [0.9, 0.999]")
     if not cfg.output.name or any(c in cfg.output.name for c in "/\\"):
-        raise ConfigError(f"output.name = {_fmt(cfg.output.name)} is not allowed: use a file name without "
+        raise ConfigError(f"output.name = {show_value(cfg.output.name)} is not allowed: use a file name without "
                           "folders (the adapter is written to <output.dir>/<output.name>.safetensors)")
-
-
-# ------------------------------------------------------------------------------------------ writing
-def to_dict(cfg: TrainConfig) -> dict:
-    """The config as plain data (None values dropped: TOML has no null, and None means 'the default')."""
-    def clean(obj):
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items() if v is not None}
-        if isinstance(obj, list):
-            return [clean(v) for v in obj]
-        return obj
-    return clean(dataclasses.asdict(cfg))
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def dump_toml(cfg: TrainConfig) -> str:
-    """The resolved config as a TOML document that ``load_config`` reads back to an equal config."""
-    lines: list[str] = []
-    for section, body in to_dict(cfg).items():
-        tables = {k: v for k, v in body.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-        lines.append(f"[{section}]")
-        for k, v in body.items():
-            if k not in tables and not (isinstance(v, list) and not v and k == "subsets"):
-                lines.append(f"{k} = {_toml_value(v)}")
-        lines.append("")
-        for k, items in tables.items():
-            for item in items:
-                lines.append(f"[[{section}.{k}]]")
-                lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in item.items())
-                lines.append("")
-    return "\n".join(lines)
-
-
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from sdlora.files.tensors import atomic_write_bytes
-
-    atomic_write_bytes(path, dump_toml(cfg).encode("utf-8"))
