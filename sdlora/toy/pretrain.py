@@ -14,10 +14,9 @@ encode the data set once, then train UNet and text encoder together on the laten
 for classifier-free guidance). Finally sample and classify: the printed gate is the share of samples
 with the prompted colour and shape.
 
-Run time (measured with the defaults on 2 CPU cores shared with other jobs, load ≈ 4): VAE 500 steps in
-about 12 min, UNet 2.3–4 s per step (batch 32), so 1500 steps take about 1–1.5 h there; expect roughly
-half on two idle cores. The run writes PRETRAIN.json (settings, time, gate) and PRETRAIN.log beside the
-weights.
+The shipped model took about 55 min on two CPU cores (the defaults, then ``--continue-from`` with
+``--unet-steps 1000 --lr 3e-4``; the stages and their times are in its PRETRAIN.json / PRETRAIN.log). The
+run writes PRETRAIN.json (settings, time, gate) and PRETRAIN.log beside the weights.
 """
 from __future__ import annotations
 
@@ -30,15 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdlora.toy import world as tw
 
 
 def build_models(vocab_size: int, bos: int, eos: int):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=tw.SIZE, layers_per_block=1,
         block_out_channels=(32, 64, 64), norm_num_groups=16,
@@ -63,7 +61,6 @@ SD1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012
 
 def make_pipeline(vae, unet, te, tokenizer):
     """The StableDiffusionPipeline of the default model's parts with its DDIM scheduler."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(**SD1_SCHEDULE), safety_checker=None,
@@ -75,7 +72,6 @@ def make_pipeline(vae, unet, te, tokenizer):
 def write_untrained(out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     """The default model's architecture with random weights, saved like the real one (for tests and
     benchmarks that need its shape, not its skills)."""
-    from transformers import CLIPTokenizer
 
     out = Path(out)
     tokenizer = CLIPTokenizer.from_pretrained(str(tw.write_tokenizer(out / "tokenizer")))
@@ -200,7 +196,7 @@ def gate(pipe, n_per: int = 1, seed: int = 1234, steps: int = 30, cfg: float = 3
     return {"samples": total, "colour_accuracy": ok_c / total, "shape_accuracy": ok_s / total}
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="sdlora/assets/default")
     ap.add_argument("--seed", type=int, default=0)
@@ -219,24 +215,12 @@ def main(argv=None) -> int:
     ap.add_argument("--continue-from", default=None,
                     help="the work folder of an earlier run: reuse its VAE and continue UNet + text "
                          "encoder training from its last saved step for --unet-steps more steps")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    from diffusers import DDPMScheduler
-    from transformers import CLIPTokenizer
+    return ap
 
-    out = Path(args.out)
-    t0 = time.time()
 
-    def log(msg: str) -> None:
-        line = f"[{time.time() - t0:7.1f}s] {msg}"
-        print(line, flush=True)
-        with open(work / "log.txt", "a") as f:
-            f.write(line + "\n")
-
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+def _start_log(args: argparse.Namespace, work: Path) -> None:
+    """Begin the work folder's log.txt: an earlier run's log when continuing it, the VAE lines of the run
+    that made a reused VAE, else empty."""
     if args.continue_from and Path(args.continue_from).resolve() != work.resolve():
         earlier = Path(args.continue_from) / "log.txt"
         (work / "log.txt").write_text(earlier.read_text() if earlier.is_file() else "")
@@ -246,16 +230,11 @@ def main(argv=None) -> int:
             line + "\n" for line in earlier.read_text().splitlines() if " vae " in line or "rendered" in line
         ) if earlier is not None and earlier.is_file() and earlier.resolve() != (work / "log.txt").resolve() else ""
         (work / "log.txt").write_text(keep)
-    tok_dir = out / "tokenizer"
-    tw.write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    vae, unet, te = build_models(len(tokenizer), bos, eos)
+
+
+def _vae_and_start(args: argparse.Namespace, vae, unet, te, work: Path, log) -> int:
+    """Load or train the VAE (and, when continuing, the UNet + text encoder); the UNet steps done before."""
     prev = Path(args.continue_from) if args.continue_from else None
-    log(f"params: vae {sum(p.numel() for p in vae.parameters()):,} unet {sum(p.numel() for p in unet.parameters()):,} "
-        f"text encoder {sum(p.numel() for p in te.parameters()):,}")
-    images, scenes = render_dataset(args.images, args.seed)
-    log(f"rendered {len(images)} images")
     if prev is not None:
         vae.load_state_dict(torch.load(prev / "vae.pt", weights_only=True))
         vae.eval()
@@ -265,25 +244,62 @@ def main(argv=None) -> int:
         log(f"continuing from {prev} (UNet step {state['step']})")
         if prev.resolve() != work.resolve():
             torch.save(vae.state_dict(), work / "vae.pt")
-    elif args.vae_from:
+        return int(state["step"])
+    if args.vae_from:
         vae.load_state_dict(torch.load(args.vae_from, weights_only=True))
         vae.eval()
         torch.save(vae.state_dict(), work / "vae.pt")
         log(f"VAE from {args.vae_from}")
-    else:
-        vae_images, _ = render_dataset(args.images, args.seed + 1, shapes=tw.SHAPES)
-        log(f"rendered {len(vae_images)} images of every shape for the VAE")
-        train_vae(vae, vae_images, args.vae_steps, args.vae_batch, args.seed, log)
-        del vae_images
-        torch.save(vae.state_dict(), work / "vae.pt")
+        return 0
+    vae_images, _ = render_dataset(args.images, args.seed + 1, shapes=tw.SHAPES)
+    log(f"rendered {len(vae_images)} images of every shape for the VAE")
+    train_vae(vae, vae_images, args.vae_steps, args.vae_batch, args.seed, log)
+    torch.save(vae.state_dict(), work / "vae.pt")
+    return 0
+
+
+def _write_record(args: argparse.Namespace, out: Path, work: Path, done_before: int, seconds: float,
+                  result: dict) -> None:
+    (out / "PRETRAIN.json").write_text(json.dumps({
+        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_from": args.vae_from, "vae_batch": args.vae_batch,
+        "unet_steps": done_before + args.unet_steps, "continued_from_step": done_before, "unet_batch": args.unet_batch, "lr": args.lr,
+        "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(), "gate_fp32": result,
+        "shapes": list(tw.BASE_SHAPES), "colours": list(tw.COLOURS), "backgrounds": list(tw.BACKGROUNDS),
+    }, indent=2))
+    (out / "PRETRAIN.log").write_text((work / "log.txt").read_text())
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out, work = Path(args.out), Path(args.work)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        with open(work / "log.txt", "a") as f:
+            f.write(line + "\n")
+
+    work.mkdir(parents=True, exist_ok=True)
+    _start_log(args, work)
+    tok_dir = out / "tokenizer"
+    tw.write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    vae, unet, te = build_models(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    log(f"params: vae {sum(p.numel() for p in vae.parameters()):,} unet {sum(p.numel() for p in unet.parameters()):,} "
+        f"text encoder {sum(p.numel() for p in te.parameters()):,}")
+    images, scenes = render_dataset(args.images, args.seed)
+    log(f"rendered {len(images)} images")
+    done_before = _vae_and_start(args, vae, unet, te, work, log)
     log(f"vae reconstructions read correctly: {json.dumps(vae_check(vae))}")
     latents = encode_all(vae, images)
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     log(f"latents {tuple(latents.shape)} std {latents.std().item():.4f} -> scaling_factor {scale:.5f}")
-    sd1 = SD1_SCHEDULE
-    train_sched = DDPMScheduler(**{k: v for k, v in sd1.items() if k not in ("set_alpha_to_one", "steps_offset")})
-    done_before = state["step"] if prev is not None else 0
+    train_sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULE.items() if k not in ("set_alpha_to_one", "steps_offset")})
 
     def save_work(step: int) -> None:
         torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "step": done_before + step},
@@ -297,13 +313,7 @@ def main(argv=None) -> int:
     result = gate(pipe, steps=args.gate_steps)
     log(f"gate: {json.dumps(result)}")
     pipe.to(torch.float16).save_pretrained(str(out))
-    (out / "PRETRAIN.json").write_text(json.dumps({
-        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "vae_from": args.vae_from, "vae_batch": args.vae_batch,
-        "unet_steps": done_before + args.unet_steps, "continued_from_step": done_before, "unet_batch": args.unet_batch, "lr": args.lr,
-        "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(), "gate_fp32": result,
-        "shapes": list(tw.BASE_SHAPES), "colours": list(tw.COLOURS), "backgrounds": list(tw.BACKGROUNDS),
-    }, indent=2))
-    (out / "PRETRAIN.log").write_text((work / "log.txt").read_text())
+    _write_record(args, out, work, done_before, time.time() - t0, result)
     log(f"saved {out}")
     return 0
 
