@@ -242,7 +242,7 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> TrainConf
         values[name] = build_section(hints[name], body, name)
     cfg = TrainConfig(**values)
     if base_dir is not None:
-        _resolve_paths(cfg, Path(base_dir))
+        _absolute_paths(cfg, Path(base_dir))
     check(cfg)
     return cfg
 
@@ -274,25 +274,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{where}{exc}") from None
 
 
-def _resolve(base: Path, value: str) -> str:
+def _absolute_against(base: Path, value: str) -> str:
     if not value:
         return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
-    cfg.model.path = _resolve(base, cfg.model.path)
-    cfg.model.tokenizer = _resolve(base, cfg.model.tokenizer)
+def _absolute_paths(cfg: TrainConfig, base: Path) -> None:
+    cfg.model.path = _absolute_against(base, cfg.model.path)
+    cfg.model.tokenizer = _absolute_against(base, cfg.model.tokenizer)
     if cfg.model.config and ("/" in cfg.model.config or "\\" in cfg.model.config):
-        cfg.model.config = _resolve(base, cfg.model.config)
-    cfg.dataset.path = _resolve(base, cfg.dataset.path)
-    cfg.dataset.reg_path = _resolve(base, cfg.dataset.reg_path)
+        cfg.model.config = _absolute_against(base, cfg.model.config)
+    cfg.dataset.path = _absolute_against(base, cfg.dataset.path)
+    cfg.dataset.reg_path = _absolute_against(base, cfg.dataset.reg_path)
     for s in cfg.dataset.subsets:
-        s.path = _resolve(base, s.path)
-    cfg.training.cache_dir = _resolve(base, cfg.training.cache_dir)
-    cfg.sample.prompts = _resolve(base, cfg.sample.prompts)
-    cfg.output.dir = _resolve(base, cfg.output.dir)
+        s.path = _absolute_against(base, s.path)
+    cfg.training.cache_dir = _absolute_against(base, cfg.training.cache_dir)
+    cfg.sample.prompts = _absolute_against(base, cfg.sample.prompts)
+    cfg.output.dir = _absolute_against(base, cfg.output.dir)
 
 
 def check(cfg: TrainConfig) -> None:

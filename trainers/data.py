@@ -173,7 +173,7 @@ def _subsets_of(section: DatasetSection) -> list[SubsetSection]:
     return out
 
 
-def _resolve(section: DatasetSection, s: SubsetSection, folder: Path, repeats: int | None,
+def _subset_settings(section: DatasetSection, s: SubsetSection, folder: Path, repeats: int | None,
              folder_caption: str) -> Subset:
     default_weight = section.prior_loss_weight if s.is_reg else 1.0
     return Subset(
@@ -240,7 +240,7 @@ def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
             found += len(images)
             if not images and folder is root and len(folders) > 1:
                 continue  # a kohya root holding only N_name folders
-            subsets.append(_resolve(section, sub, folder, repeats, folder_caption))
+            subsets.append(_subset_settings(section, sub, folder, repeats, folder_caption))
             index = len(subsets) - 1
             seen: dict[str, Path] = {}
             for p in images:

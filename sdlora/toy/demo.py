@@ -129,7 +129,7 @@ def report_figures(rows: list[EvalRow], paths: dict[str, Path]) -> dict:
 
 
 def check_targets(fig: dict) -> dict:
-    """The demo's targets (issue 7): concept rate ≥ 90% at strength 1, equal to the base's at 0, monotone
+    """The demo's targets: concept rate ≥ 90% at strength 1, equal to the base's at 0, monotone
     (non-decreasing) from 0 to 1; prior accuracy with the adapter within 5 points of the base's."""
     rates = [fig["concept_rate"][f"{s:g}"] for s in STRENGTHS if s <= 1.0]
     return {
