@@ -39,9 +39,12 @@ def request(out_dir: str | Path, action: str) -> int:
 
 
 class Control:
-    """The trainer's side: ``poll()`` returns the actions requested since the last poll (or the start)."""
+    """The trainer's side: ``poll()`` returns the actions requested since the last poll (or the start);
+    ``handle(trainer, monitor)`` carries them out. Disabled (``enabled=False``) in multi-process runs, where
+    every process would have to see a request at the same step."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, enabled: bool = True):
+        self.enabled = enabled
         self.path = out_dir / "control.json"
         self._stamp = self._mtime()
         self.seen = max((r["seq"] for r in _read(self.path)), default=0)
@@ -53,6 +56,8 @@ class Control:
             return None
 
     def poll(self) -> list[str]:
+        if not self.enabled:
+            return []
         stamp = self._mtime()
         if stamp == self._stamp:
             return []
@@ -61,3 +66,12 @@ class Control:
         if new:
             self.seen = max(r["seq"] for r in new)
         return [r["action"] for r in new]
+
+    def handle(self, trainer, monitor) -> None:
+        """Draw samples / save an adapter and state now, for each request since the last step."""
+        for action in self.poll():
+            trainer.log(f"step {trainer.step}: '{action} now' requested")
+            if action == "sample":
+                trainer.sample(monitor)
+            else:
+                trainer._periodic_save()

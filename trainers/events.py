@@ -8,6 +8,7 @@ Kinds (every line has ``kind`` and ``time``, seconds since the epoch):
   control step, action                      a "sample" / "save" request of control.json handled
   end     step, status ("done" | "interrupted")
 A fresh run (step 0) starts a new file; a resumed run appends to it. Non-finite numbers are written as null.
+``NO_EVENTS`` stands in where nothing is written (processes other than the main one, a Trainer outside run()).
 """
 from __future__ import annotations
 
@@ -59,3 +60,25 @@ class EventLog:
     def close(self, step: int, status: str) -> None:
         self.emit("end", step=step, status=status)
         self._file.close()
+
+
+class _NoEvents:
+    """An EventLog that writes nothing."""
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        pass
+
+    def step(self, step: int, loss: float | None, lrs: dict[str, float], grad_norm: float | None) -> None:
+        pass
+
+    def sample(self, step: int, paths: list[str | Path]) -> None:
+        pass
+
+    def save(self, step: int, adapter: str | Path, state: str | Path | None = None) -> None:
+        pass
+
+    def close(self, step: int, status: str) -> None:
+        pass
+
+
+NO_EVENTS = _NoEvents()

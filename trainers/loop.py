@@ -30,14 +30,19 @@ from sdlora import adapters
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.models import BaseModel, open_model
 from sdlora.networks import Network
-from sdlora.trainers import buckets, state as states
+from sdlora.files.images import BadImage
+from sdlora.files.tensors import display_path
+from sdlora.trainers import buckets, resume as resumes, safety, state as states
 from sdlora.trainers.batches import epoch_batches, local_slice, rng_for
 from sdlora.trainers.cache import fit
 from sdlora.trainers.captions import augment
 from sdlora.trainers.config import TrainConfig, save_config, to_dict
+from sdlora.trainers.safety import TrainingStopped
 from sdlora.trainers.data import Dataset, full_caption, scan
 from sdlora.models.encode import encode_pixels, encode_text, time_ids, vae_factor
 from sdlora.trainers.metadata import Progress, adapter_metadata
+from sdlora.trainers.control import Control
+from sdlora.trainers.events import NO_EVENTS, EventLog
 from sdlora.trainers.monitor import Monitor
 from sdlora.models.noise import add_noise, fixed_noise, snr_weight, target
 from sdlora.trainers.noise import draw, per_sample_loss
@@ -45,10 +50,6 @@ from sdlora.trainers.optim import learning_rates, make_optimizer, make_scheduler
 from sdlora.trainers.samples import generate as generate_samples, read_prompts
 from sdlora.trainers.setup import (DTYPES, build_caches, crop_after_flip, finish_step_on_interrupt, network_config,
                                    prepare_model, reset_accelerator_if, seed_everything, training_scheduler)
-
-class TrainingStopped(SdloraError):
-    """Training stopped early (repeated non-finite steps); the message says what was saved."""
-
 
 @dataclass
 class TrainResult:
@@ -69,10 +70,12 @@ class Batch:
     pooled: torch.Tensor | None
     time_ids: torch.Tensor | None  # (b, 6)
     weights: torch.Tensor  # (b,)
+    kept: list[int] | None = None  # the rows asked for that are here, when an image was lost (else all)
 
 
 class Trainer:
     """One training run. ``log`` receives the reports printed before and after training."""
+    events: EventLog = NO_EVENTS  # <output.dir>/events.jsonl while run() runs (main process)
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print,
                  model: BaseModel | None = None):
@@ -127,10 +130,11 @@ class Trainer:
         self.step, self.epoch, self.position, self.bad_in_row = 0, 0, 0, 0
         self.started_at = time.time()
         if self.resume_from is not None:
-            self._restore(self.resume_from)
+            resumes.restore(self, self.resume_from)
         elif cfg.output_dir.is_dir() and any(cfg.output_dir.glob("state-*/trainer.json")):
             self.log(f"note: {cfg.output_dir} holds states of an earlier run; this run starts at step 0 and "
-                     f"replaces them (to continue that run instead: --resume {cfg.output_dir})")
+                     f"moves them aside when it starts (to continue that run instead: --resume {cfg.output_dir})")
+        self.first_step = self.step
 
     # ------------------------------------------------------------------------------------ setup
     def _build_schedule(self) -> None:
@@ -154,48 +158,29 @@ class Trainer:
 
     def log(self, text: str) -> None:
         if self.main and text:
-            self._log(text)
+            self._log(display_path(text))  # a file name that is not UTF-8 prints as \xNN
 
     def _encode_text(self, captions: list[str]):
         hidden, pooled = encode_text(self.model, captions, self.cfg.model.clip_skip)
         return hidden.to(self.device), (pooled.to(self.device) if pooled is not None else None)
 
-    def _restore(self, st: states.State) -> None:
-        saved_cfg = st.trainer.get("config", {})
-        if st.trainer.get("global_batch") != self.global_batch:
-            self.log(f"resume: the state was trained with a global batch of {st.trainer.get('global_batch')}, this "
-                     f"run uses {self.global_batch}; the data order will differ from an uninterrupted run")
-        for section in ("network", "dataset", "noise", "optimizer"):
-            if saved_cfg.get(section) != to_dict(self.cfg).get(section):
-                self.log(f"resume: [{section}] differs from the state's; the run will not match an uninterrupted one")
-        try:
-            self.network.load_state_dict({k: v.to(self.device) for k, v in st.network.items()})
-        except RuntimeError as exc:
-            raise states.StateError(f"{st.folder}: the state's adapter does not fit the [network] of this config "
-                                    f"({str(exc).splitlines()[0]}); resume with the config it was trained with") from None
-        try:
-            self.optimizer.load_state_dict(st.optimizer)
-            self.scheduler.load_state_dict(st.scheduler)
-        except (ValueError, KeyError) as exc:
-            raise states.StateError(f"{st.folder}: the optimiser state does not fit this config ({exc}); resume "
-                                    "with the optimizer settings it was trained with") from None
-        scaler = self.accelerator.scaler
-        if scaler is not None and st.trainer.get("scaler"):
-            scaler.load_state_dict(st.trainer["scaler"])
-        self.step = int(st.trainer["step"])
-        self.epoch = int(st.trainer["epoch"])
-        self.position = int(st.trainer["position"])
-        self.bad_in_row = int(st.trainer.get("bad_in_row", 0))
-        self.started_at = float(st.trainer.get("started_at", self.started_at))
-        rng = st.rng(self.rank)
-        if rng is not None:
-            states.set_rng_state(*rng)
-        self.log(f"resumed from {st.folder} at step {self.step} (epoch {self.epoch + 1}, batch {self.position})")
-
     # ------------------------------------------------------------------------------- one step
-    def _batch(self, indices: list[int], epoch: int, batch_index: int, offset: int, augmented: bool = True) -> Batch:
+    def _fit(self, index: int, subset, flip: bool, crop: str, rng):
+        """Item ``index`` decoded and fitted to its bucket; None (and a line saying so) when it cannot be read
+        any more: it is left out from then on, as a bad image is at scan time."""
+        if index in self.dataset.lost:
+            return None
+        try:
+            return fit(self.dataset.items[index], subset, flip, crop, rng, self.cfg.dataset.background)
+        except BadImage as exc:
+            self.log(self.dataset.lose(index, str(exc)))
+            return None
+
+    def _batch(self, indices: list[int], epoch: int, batch_index: int, offset: int, augmented: bool = True
+               ) -> Batch | None:
         """This process's rows ``indices`` (global positions from ``offset``) of a global batch; without
-        ``augmented`` the images are centre-cropped, unflipped, with their full captions."""
+        ``augmented`` the images are centre-cropped, unflipped, with their full captions. Rows whose image
+        became unreadable are dropped (``Batch.kept``); None when no row is left."""
         ds, cfg = self.dataset, self.cfg
         items = [ds.items[i] for i in indices]
         subs = [ds.subsets[it.subset] for it in items]
@@ -214,10 +199,18 @@ class Trainer:
             for k, e in zip(cached, entries):
                 latents[k], masks[k] = e["latents"], e.get("mask")
                 crops[k] = crop_after_flip(items[k], flips[k])
-        fresh = [k for k in range(len(items)) if latents[k] is None]
+        fitted = {k: self._fit(indices[k], subs[k], flips[k], subs[k].crop if augmented else "center", rngs[k])
+                  for k in range(len(items)) if latents[k] is None}
+        kept = [k for k in range(len(items)) if latents[k] is not None or fitted[k] is not None]
+        if not kept:
+            return None
+        if len(kept) < len(items):
+            items, subs, captions, latents, masks, crops = ([x[k] for k in kept] for x in
+                                                            (items, subs, captions, latents, masks, crops))
+            fitted = {n: fitted[k] for n, k in enumerate(kept) if k in fitted}
+        fresh = sorted(fitted)
         if fresh:
-            samples = [fit(items[k], subs[k], flips[k], subs[k].crop if augmented else "center", rngs[k],
-                           cfg.dataset.background) for k in fresh]
+            samples = [fitted[k] for k in fresh]
             encoded = encode_pixels(self.model.vae, torch.stack([s.pixels for s in samples]).to(self.device),
                                     self.model.latent_scale)
             for k, s, lat in zip(fresh, samples, encoded):
@@ -241,7 +234,7 @@ class Trainer:
             bw, bh = items[0].bucket
             tids = time_ids([(it.size[1], it.size[0]) for it in items], crops, (bh, bw)).to(self.device)
         weights = torch.tensor([s.loss_weight for s in subs], dtype=torch.float32, device=self.device)
-        return Batch(lat, mask, hidden, pooled, tids, weights)
+        return Batch(lat, mask, hidden, pooled, tids, weights, kept if len(kept) < len(indices) else None)
 
     def _loss(self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Per-sample weighted losses (b,) of ``batch`` with the given noise and timesteps."""
@@ -270,7 +263,10 @@ class Trainer:
         if stop == start:
             return None
         batch = self._batch(global_batch[start:stop], epoch, batch_index, start)
-        return self._loss(batch, d.noise, d.timesteps).sum() / (len(global_batch) * count)
+        if batch is None:
+            return None
+        rows = batch.kept if batch.kept is not None else slice(None)
+        return self._loss(batch, d.noise[rows], d.timesteps[rows]).sum() / (len(global_batch) * count)
 
     def _sync_gradients(self) -> None:
         """Sum adapter gradients over processes (one flat all-reduce)."""
@@ -328,6 +324,7 @@ class Trainer:
                                 self.global_batch, self.started_at, finished, self.latent_cache is not None)
             meta = adapter_metadata(self.network, self.family, self.prediction_type, self.cfg, self.dataset, progress)
             adapters.save_adapter(self.network, path, self.family, dtype=self.cfg.output.save_dtype, metadata=meta)
+            self.events.save(self.step, path)
         return path
 
     def save_state(self) -> Path:
@@ -370,6 +367,7 @@ class Trainer:
                        f"step{self.step:06d}")
         if monitor is not None:
             monitor.images(self.step, out)
+        self.events.sample(self.step, [p for p, _ in out])
         return out
 
     def measure_loss(self, seed: int = 0, timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)) -> float:
@@ -382,6 +380,8 @@ class Trainer:
             with torch.no_grad():
                 for n, i in enumerate(ds.train_items()):
                     b = self._batch([i], 0, n, 0, augmented=False)
+                    if b is None:
+                        continue
                     b.weights = torch.ones_like(b.weights)
                     for t in timesteps:
                         noise = fixed_noise(tuple(b.latents.shape), seed, n, t)
@@ -396,7 +396,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.training
         out = cfg.output_dir
         if self.main:
-            out.mkdir(parents=True, exist_ok=True)
+            safety.prepare_output(out, cfg.output.name, self.resume_from is None, self.log)
             save_config(cfg, out / "config.toml")
         self.accelerator.wait_for_everyone()
         result = TrainResult(adapter=None, step=self.step, cache=dict(self.cache_stats))
@@ -404,6 +404,8 @@ class Trainer:
                  f"{self.global_batch} × {t.gradient_accumulation} accumulation) on {self.device}"
                  + (f", resuming at step {self.step}" if self.step else ""))
         monitor = Monitor(self.total_steps, self.step, out / "logs" if cfg.output.tensorboard else None, self.main)
+        self.events = EventLog(out, self.total_steps, self.step) if self.main else NO_EVENTS
+        control = Control(out, enabled=self.world == 1)  # "sample now" / "save now" requests (control.py)
         try:
             if cfg.sample.at_start and self.step == 0:
                 self.sample(monitor)
@@ -433,23 +435,32 @@ class Trainer:
                     self.bad_in_row = 0
                     result.losses[self.step] = loss
                 monitor.step(self.step, loss, lrs, norm)
+                self.events.step(self.step, loss, lrs, norm)
                 self._cadence(monitor, epoch_done)
                 if epoch_done and t.max_epochs and self.epoch >= t.max_epochs:
                     break
                 for callback in self.on_step:
                     callback(self, self.step)
+                control.handle(self, monitor)
         except KeyboardInterrupt:
             monitor.close()
             path = self.save_adapter(out / f"{cfg.output.name}-step{self.step:06d}.safetensors")
             result.state = self.save_state()
             result.adapter, result.step, result.interrupted = path, self.step, True
+            self.events.close(self.step, "interrupted")
             self.log(f"interrupted at step {self.step}: saved {path} and {result.state}; continue with "
                      f"sdlora train {out / 'config.toml'} --resume {out}")
             return result
+        except TrainingStopped:
+            raise
+        except (SdloraError, OSError) as exc:  # an image gone, a full disk, ...: save what there is first
+            monitor.close()
+            raise safety.emergency_stop(self, exc) from None
         monitor.close()
         result.adapter = self.save_adapter(cfg.adapter_path, finished=True)
         result.state = self.save_state()
         result.step = self.step
+        self.events.close(self.step, "done")
         self.log(f"done: {self.step} steps; adapter {result.adapter}; state {result.state}")
         return result
 
