@@ -210,3 +210,98 @@ def test_adapters_found_by_hash_or_name(tmp_path) -> None:
     assert "found by its hash" in notes[0]
     with pytest.raises(AdapterFileError, match=r"not in .*: gone \(hash 000000000000\)"):
         pnginfo.locate_adapters(["gone"], {"gone": "000000000000"}, tmp_path)
+
+
+# ------------------------------------------------------------------------------------ the command line
+@pytest.fixture
+def sd1_setup(tmp_path):
+    from fake_adapters import tokenizer_dir
+    from sdlora.models import save_model
+
+    model = _model()
+    path = save_model(model, tmp_path / "base.safetensors")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    make_adapter(model, loras / "ink.safetensors", algo="loha", seed=7)
+    make_adapter(model, tmp_path / "style.safetensors", preset="full", seed=8)
+    (tmp_path / "emb").mkdir()
+    save_file({"emb_params": _token_vectors(model, "blur")[0]}, str(tmp_path / "emb" / "BadPic.safetensors"))
+    base = ["generate", "--model", str(path), "--tokenizer", str(tokenizer_dir(tmp_path)), "--quiet",
+            "--steps", "3"]
+    return dict(base=base, loras=loras, style=tmp_path / "style.safetensors", tmp=tmp_path, emb=tmp_path / "emb")
+
+
+def _png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_from_png_rerenders_bit_for_bit(sd1_setup, capsys) -> None:
+    from sdlora.cli import main
+
+    f = sd1_setup
+    out1, out2 = f["tmp"] / "out1", f["tmp"] / "out2"
+    assert main(f["base"] + ["--prompt", "a (red:1.3) cat, [dog] <lora:ink:0.5>", "--negative-prompt",
+                             "BadPic, lowres", "--lora", f"{f['style']}:0.8", "--lora-dir", str(f["loras"]),
+                             "--embeddings-dir", str(f["emb"]), "--clip-skip", "2", "--seed", "42",
+                             "--sampler", "dpm++ 2m karras", "--cfg", "5.5", "--out", str(out1)]) == 0
+    first = out1 / "00000-42.png"
+    text = pnginfo.read_settings(first)
+    assert text.values["clip_skip"] == 2 and text.fields["TI hashes"].startswith("BadPic: ")
+    # the style adapter is found by hash under another name in the LoRA folder
+    (f["loras"] / "renamed.safetensors").write_bytes(f["style"].read_bytes())
+    capsys.readouterr()
+    assert main(f["base"][:6] + ["--from-png", str(first), "--lora-dir", str(f["loras"]), "--embeddings-dir",
+                                 str(f["emb"]), "--out", str(out2)]) == 0
+    err = capsys.readouterr().err
+    assert "style: found by its hash" in err and "Traceback" not in err
+    again = out2 / "00000-42.png"
+    assert np.array_equal(_png(first), _png(again))
+    a, b = pnginfo.read_settings(first), pnginfo.read_settings(again)
+    assert a.values == b.values and a.lora_hashes == b.lora_hashes and a.prompt == b.prompt
+
+
+def test_cli_batch_clip_skip_default_and_notes(sd1_setup, capsys) -> None:
+    from sdlora.cli import main
+
+    f = sd1_setup
+    tensors, meta = files.read_tensors(f["style"])
+    files.write_tensors(f["loras"] / "skip2.safetensors", tensors, {**meta, "ss_clip_skip": "2"})
+    common = f["base"] + ["--prompt", "(unbalanced cat", "--lora", str(f["loras"] / "skip2.safetensors"),
+                          "--seed", "5", "--count", "3"]
+    assert main(common + ["--out", str(f["tmp"] / "one")]) == 0
+    err = capsys.readouterr().err
+    assert "clip skip 2, as the adapters were trained" in err and "never closed" in err
+    assert main(common + ["--batch-size", "2", "--out", str(f["tmp"] / "two")]) == 0
+    for i, seed in enumerate((5, 6, 7)):
+        one = _png(f["tmp"] / "one" / f"{i:05d}-{seed}.png").astype(int)
+        two = _png(f["tmp"] / "two" / f"{i:05d}-{seed}.png").astype(int)
+        assert np.abs(one - two).max() <= 1  # batched: fp32 tolerance, at most one 8-bit level
+        assert pnginfo.read_settings(f["tmp"] / "one" / f"{i:05d}-{seed}.png").values["clip_skip"] == 2
+    assert main(common[:-2] + ["--count", "1", "--clip-skip", "1", "--out", str(f["tmp"] / "three")]) == 0
+    assert "Clip skip" not in pnginfo.read_settings(f["tmp"] / "three" / "00000-5.png").fields
+
+
+def test_cli_img2img_inpaint_and_errors(sd1_setup, capsys) -> None:
+    from sdlora.cli import main
+
+    f = sd1_setup
+    Image.new("RGB", (48, 40), (180, 40, 40)).save(f["tmp"] / "init.png")
+    Image.new("L", (48, 40), 255).save(f["tmp"] / "mask.png")
+    Image.new("L", (10, 10), 255).save(f["tmp"] / "small.png")
+    common = f["base"] + ["--prompt", "a cat", "--seed", "1", "--init-image", str(f["tmp"] / "init.png")]
+    assert main(common + ["--denoise", "0.6", "--out", str(f["tmp"] / "i2i")]) == 0
+    err = capsys.readouterr().err
+    assert "resized to 32x32" in err
+    assert pnginfo.read_settings(f["tmp"] / "i2i" / "00000-1.png").fields["Denoising strength"] == "0.6"
+    assert main(common + ["--mask", str(f["tmp"] / "mask.png"), "--out", str(f["tmp"] / "inp")]) == 0
+    assert (f["tmp"] / "inp" / "00000-1.png").is_file()
+    rc = main(common + ["--mask", str(f["tmp"] / "small.png"), "--out", str(f["tmp"] / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--mask is 10x10 but the init image is 48x40" in err and "Traceback" not in err
+    rc = main(f["base"] + ["--prompt", "x", "--embedding", str(f["tmp"] / "nope.safetensors"), "--out",
+                           str(f["tmp"] / "bad")])
+    assert rc == 2 and "nope.safetensors: no such embedding file" in capsys.readouterr().err
+    rc = main(f["base"][:5] + ["--out", str(f["tmp"] / "bad")])
+    assert rc == 2 and "--prompt" in capsys.readouterr().err
+    assert not (f["tmp"] / "bad").exists() or not any((f["tmp"] / "bad").iterdir())

@@ -2,6 +2,7 @@
 strength sweep grid (`--sweep 0,0.5,1`)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -9,7 +10,10 @@ import torch
 from sdlora.files import tensors as files
 from sdlora.inference import samplers
 from sdlora.errors import ConfigError
+from sdlora.inference.embeddings import EmbeddingLibrary, encoder_widths
 from sdlora.inference.generate import generate, next_index, save_png, sweep
+from sdlora.inference.rerender import png_arguments
+from sdlora.models.vae_file import replace_vae
 from sdlora.models import open_model
 from sdlora.inference.stack import AdapterStack, parse_adapter_arg
 
@@ -47,7 +51,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _note(lines: list[str]) -> None:
+    for line in dict.fromkeys(lines):
+        print(f"sdlora: note: {line}", file=sys.stderr)
+
+
+def _check_args(args) -> None:
+    if args.prompt is None and args.from_png is None:
+        raise ConfigError("give --prompt TEXT (or --from-png IMAGE.png to re-render an image from its parameters)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: give 1 or more images per pass")
+    if args.from_png and (args.sweep or args.sweep_lora):
+        raise ConfigError("--from-png re-renders images; it does not combine with --sweep")
+
+
 def run(args) -> int:
+    _check_args(args)
     samplers.label(args.sampler)  # fail on a bad name before loading anything
     strengths = _parse_sweep(args.sweep)
     specs = [parse_adapter_arg(s) for s in args.lora]
@@ -57,6 +76,13 @@ def run(args) -> int:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = open_model(args.model, family=args.family, prediction_type=args.prediction_type, dtype=dtype,
                        tokenizer=args.tokenizer, config=args.config)
+    extra = {}
+    if args.vae:
+        replace_vae(model, args.vae)
+        extra["VAE"] = Path(args.vae).stem
+    library = None
+    if args.embedding or args.embeddings_dir:
+        library = EmbeddingLibrary(encoder_widths(model), args.embedding, args.embeddings_dir, args.allow_pickle)
     model.pipe.to(device)
     stack = AdapterStack(model, strict=not args.no_strict)
     for spec in specs:
@@ -67,13 +93,22 @@ def run(args) -> int:
                   cfg=args.cfg, sampler=args.sampler, width=args.width, height=args.height, lora_dir=args.lora_dir,
                   progress=not args.quiet)
     out = Path(args.out)
-    index = next_index(out)
     if args.sweep or args.sweep_lora:
         grid = sweep(model, args.prompt, strengths, adapter=args.sweep_lora, **common)
-        path = save_png(grid, out / f"{index:05d}-sweep-{grid.seed}.png")
+        path = save_png(grid, out / f"{next_index(out):05d}-sweep-{grid.seed}.png")
         print(path)
         return 0
-    for i, image in enumerate(generate(model, args.prompt, **common)):
+    common.update(batch_size=args.batch_size, clip_skip=args.clip_skip, prompt_syntax=not args.plain_prompts,
+                  embeddings=library, init_image=args.init_image, mask=args.mask, denoise=args.denoise,
+                  extra_fields=extra, prompt=args.prompt)
+    if args.from_png:
+        found, notes = png_arguments(args.from_png, model, args.lora_dir)
+        _note(notes)
+        common.update(found)
+    images = generate(model, **common)
+    _note(images[0].notes if images else [])
+    index = next_index(out)
+    for i, image in enumerate(images):
         print(save_png(image, out / f"{index + i:05d}-{image.seed}.png"))
     return 0
 
@@ -84,7 +119,8 @@ def register(sub) -> None:
                        "from --lora-dir. PNGs carry A1111 'parameters' text (prompt, settings, adapter strengths "
                        "and hashes). --sweep renders a labelled grid: strengths across, seeds down.")
     add_model_args(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", help="the prompt, with A1111 syntax: (word:1.3), (word), [word], \\( \\), BREAK, "
+                   "<lora:NAME:0.8>, embedding:NAME (required unless --from-png)")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--lora-dir", metavar="DIR", help="folder where <lora:NAME> prompt tags are looked up")
     p.add_argument("--seed", type=int, default=-1, help="first seed; image i uses seed+i (-1: random)")
@@ -103,4 +139,21 @@ def register(sub) -> None:
                    help="auto: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=int, default=1, help="images per pipeline pass (image i is the same "
+                   "picture at any batch size)")
+    p.add_argument("--clip-skip", type=int, metavar="N", help="text-encoder layer from the end, A1111 numbering "
+                   "(1: last, 2: penultimate); default: the adapters' ss_clip_skip when they agree, else 1")
+    p.add_argument("--plain-prompts", action="store_true", help="pass prompts to diffusers as plain text (no "
+                   "A1111 emphasis, BREAK or 75-token chunks: cut at 77 tokens)")
+    p.add_argument("--vae", metavar="FILE|DIR", help="replace the model's VAE (.safetensors file or diffusers folder)")
+    p.add_argument("--init-image", metavar="IMAGE", help="img2img: start from this image (resized to the size)")
+    p.add_argument("--denoise", type=float, metavar="S", help="img2img / inpaint strength in (0, 1] (default 0.75)")
+    p.add_argument("--mask", metavar="IMAGE", help="inpaint: white repaints, black keeps (the init image's size)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="textual-inversion embedding, used in prompts by its file name; repeatable")
+    p.add_argument("--embeddings-dir", metavar="DIR", help="folder of embeddings named in prompts as "
+                   "embedding:NAME or by bare name")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickled .pt/.bin embeddings (weights only)")
+    p.add_argument("--from-png", metavar="IMAGE", help="re-render from an image's A1111 parameters (prompt, "
+                   "negative, steps, sampler, CFG, seed, size, clip skip, <lora:...> found in --lora-dir by hash)")
     p.set_defaults(func=run)

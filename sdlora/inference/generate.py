@@ -25,18 +25,17 @@ import contextlib
 import random
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from sdlora import __version__
-from sdlora.inference import prompt_tags
-from sdlora.inference import samplers
+from sdlora.inference import conditioning, prompt_tags, render, samplers
+from sdlora.inference.embeddings import EmbeddingLibrary
 from sdlora.errors import ConfigError
 from sdlora.files.tensors import atomic_path
 from sdlora.models import BaseModel
@@ -53,6 +52,7 @@ class Generated:
     array: np.ndarray  # (H, W, 3) float32 in [0, 1]
     seed: int
     parameters: str
+    notes: list[str] = field(default_factory=list)  # what the call adjusted or could not apply
 
 
 def seeds_for(seed: int | None, count: int) -> list[int]:
@@ -124,15 +124,13 @@ def to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
 
 
-@torch.no_grad()
 def _render(model: BaseModel, prompt: str, negative_prompt: str, seed: int, steps: int, cfg: float,
             width: int, height: int, on_step: Any) -> np.ndarray:
-    """One image as (H, W, 3) floats in [0, 1]; ``prompt`` has no tags left."""
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    out = model.pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
-                     guidance_scale=float(cfg), width=int(width), height=int(height), generator=generator,
-                     output_type="np", callback_on_step_end=on_step)
-    return np.asarray(out.images[0], dtype=np.float32)
+    """One image as (H, W, 3) floats in [0, 1]; ``prompt`` has no tags left (A1111 syntax, the adapters'
+    clip skip)."""
+    cond = conditioning.build(model, prompt, negative_prompt)
+    kwargs = conditioning.to_device(cond.kwargs, model.unet.device)
+    return render.render(model, kwargs, [seed], render.Job(int(steps), float(cfg), width, height), on_step)[0]
 
 
 def _progress(total: int, enabled: bool) -> tuple[Any, Any]:
@@ -154,26 +152,48 @@ def _prepare(model: BaseModel, sampler: str, width: int | None, height: int | No
     return int(width or size), int(height or size)
 
 
+def _batches(seeds: list[int], size: int) -> list[list[int]]:
+    size = max(1, int(size))
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+def _job_fields(job: render.Job) -> dict[str, str]:
+    return {"Denoising strength": f"{job.denoise:g}"} if job.mode != "txt2img" else {}
+
+
 def generate(model: BaseModel, prompt: str, negative_prompt: str = "", *, seed: int | None = None,
              steps: int = 20, cfg: float = 7.0, sampler: str = "euler a", width: int | None = None,
              height: int | None = None, count: int = 1, lora_dir: str | Path | None = None,
-             progress: bool = True) -> list[Generated]:
-    """``count`` images for ``prompt`` with the model's adapters (its stack, plus the prompt's tags).
-    ``width``/``height`` default to the model's native size. Raises ConfigError for an unknown sampler and
-    AdapterFileError for a tag whose adapter is not found."""
+             progress: bool = True, batch_size: int = 1, clip_skip: int | None = None, prompt_syntax: bool = True,
+             embeddings: EmbeddingLibrary | None = None, init_image: Any = None, mask: Any = None,
+             denoise: float | None = None, extra_fields: dict[str, str] | None = None) -> list[Generated]:
+    """``count`` images for ``prompt`` with the model's adapters (its stack, plus the prompt's tags),
+    ``batch_size`` per pipeline pass (image i is the same picture either way). Prompts are read with A1111's
+    syntax (``sdlora.inference.prompts``) unless ``prompt_syntax`` is False; ``clip_skip`` defaults to the
+    adapters' ``ss_clip_skip`` when they agree; ``embeddings`` resolves textual inversions; ``init_image``
+    (a path or PIL image) with ``denoise`` makes it img2img, plus ``mask`` inpainting. ``width``/``height``
+    default to the model's native size. Raises ConfigError for an unknown sampler or bad inputs and
+    AdapterFileError for a tag whose adapter is not found. Each image's ``notes`` say what was adjusted."""
     clean, tags = prompt_tags.parse_prompt(prompt)
     samplers.label(sampler)  # unknown names fail before any work
     w, h = _prepare(model, sampler, width, height)
+    job = render.load_inputs(render.Job(int(steps), float(cfg), w, h), init_image, mask, denoise)
     seeds = seeds_for(seed, count)
     out: list[Generated] = []
     with prompt_adapters(model, tags, lora_dir):
-        bar, on_step = _progress(len(seeds) * steps, progress)
+        cond = conditioning.build(model, clean, negative_prompt, clip_skip=clip_skip, syntax=prompt_syntax,
+                                  embeddings=embeddings)
+        kwargs = conditioning.to_device(cond.kwargs, model.unet.device)
+        fields = {**_job_fields(job), **cond.fields, **(extra_fields or {})}
+        notes = job.notes + cond.notes
+        run_steps = steps if job.mode == "txt2img" else max(1, int(steps * job.denoise))
+        bar, on_step = _progress(len(seeds) * run_steps, progress)
         with bar:
-            for s in seeds:
-                array = _render(model, clean, negative_prompt, s, steps, cfg, w, h, on_step)
-                text = parameters_text(model, prompt, negative_prompt, steps=steps, sampler=sampler, cfg=cfg,
-                                       seed=s, width=w, height=h)
-                out.append(Generated(to_pil(array), array, s, text))
+            for batch in _batches(seeds, batch_size):
+                for s, array in zip(batch, render.render(model, kwargs, batch, job, on_step)):
+                    text = parameters_text(model, prompt, negative_prompt, steps=steps, sampler=sampler, cfg=cfg,
+                                           seed=s, width=w, height=h, extra=fields)
+                    out.append(Generated(to_pil(array), array, s, text, notes))
     return out
 
 

@@ -13,7 +13,8 @@ Opening a single file, fully offline (``sdlora.models.single_file``):
   ComfyUI writes, or modelspec / sdlora metadata); else, for SD2 only, A1111's probe (the UNet at t=999 on a
   constant input: a mean output below -1 means v-prediction) — a heuristic, which is why the override
   exists; else "epsilon";
-- tokenizer: ``sdlora.models.tokenizers.find_tokenizers`` (the caller's folder or the local HF cache).
+- tokenizer: ``sdlora.models.tokenizers.find_tokenizers`` (the caller's folder, else the CLIP vocabulary
+  shipped in the package for text encoders with CLIP's 49,408 tokens, else the local HF cache).
 Weights are read tensor by tensor into models built on the meta device, so opening holds one copy.
 
 ``save_model`` (``sdlora.models.saving``) writes a model as a diffusers folder or as one original-layout

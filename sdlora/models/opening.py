@@ -70,7 +70,9 @@ def _open_folder(path: Path, family: str | None, prediction_type: str | None, dt
         if fam is None:
             unet_cfg = json.loads((path / "unet" / "config.json").read_text())
             fam = detect_family(unet_cfg)
-        toks = tokenizers.find_tokenizers(fam, tokenizer, what=str(path))
+        vocab = [json.loads((path / n / "config.json").read_text()).get("vocab_size", 0)
+                 for n in ("text_encoder", "text_encoder_2") if (path / n / "config.json").is_file()]
+        toks = tokenizers.find_tokenizers(fam, tokenizer, what=str(path), vocab_sizes=vocab)
         kwargs["tokenizer"] = toks[0]
         if "tokenizer_2" in index:
             kwargs["tokenizer_2"] = toks[-1]

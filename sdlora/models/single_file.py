@@ -191,8 +191,9 @@ def _open_single_file(path: Path, family: str | None, prediction_type: str | Non
                       tokenizer: str | Path | None, config: str | Path | None) -> BaseModel:
     plan = plan_single_file(path, family=family, prediction_type=prediction_type, config=config)
     te_positions = int(plan.skeletons["text_encoder"].config.max_position_embeddings)
+    vocab = [int(m.config.vocab_size) for n, m in plan.skeletons.items() if n.startswith("text_encoder")]
     toks = tokenizers.find_tokenizers(plan.family, tokenizer, what=f"{path.name} ({FAMILY_NAMES[plan.family]})",
-                                      max_length=te_positions)
+                                      max_length=te_positions, vocab_sizes=vocab)
     states = load_state_dicts(plan, dtype)
     models = plan.skeletons
     for name, model in models.items():
