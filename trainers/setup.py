@@ -3,6 +3,7 @@ the caches made and filled, and the process-wide pieces (seeds, accelerate's sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import signal
 import threading
@@ -30,15 +31,16 @@ DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf
 
 
 def network_config(cfg: TrainConfig, family: str) -> NetworkConfig:
+    """The networks' NetworkConfig from the [network] section. The section is the TOML schema (ranges and
+    help texts for validation and the studio's form); its fields carry NetworkConfig's names, so they are
+    passed by name, and only what the trainer decides is added: the preset's default and the components."""
     n, t = cfg.network, cfg.training
-    preset = n.preset or ("attn-mlp" if n.algo == "lora" else "full")
-    components = ("unet", "te1", "te2") if t.train_text_encoder else ("unet",)
+    values = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
+    values["preset"] = n.preset or ("attn-mlp" if n.algo == "lora" else "full")
+    values["include"], values["exclude"] = list(n.include), list(n.exclude)
+    values["components"] = ("unet", "te1", "te2") if t.train_text_encoder else ("unet",)
     try:
-        return NetworkConfig(algo=n.algo, rank=n.rank, alpha=n.alpha, conv_rank=n.conv_rank, conv_alpha=n.conv_alpha,
-                             preset=preset, dora=n.dora, tucker=n.tucker, factor=n.factor,
-                             decompose_both=n.decompose_both, rs_lora=n.rs_lora, dropout=n.dropout,
-                             rank_dropout=n.rank_dropout, module_dropout=n.module_dropout, include=list(n.include),
-                             exclude=list(n.exclude), components=components)
+        return NetworkConfig(**values)
     except ValueError as exc:
         raise ConfigError(f"[network]: {exc}") from None
 
