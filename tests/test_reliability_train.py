@@ -262,7 +262,8 @@ def test_non_utf8_file_names_print_under_strict_utf8(tmp_path):
     Trainer(load_config(raw=raw), log=log).run()
     stream.flush()
     printed = stream.buffer.getvalue().decode("utf-8")
-    assert "caf\\xe9.png: " in printed and "na\\xefve.png" not in printed  # skipped one named; good one trained
+    assert "caf\\xe9.png: not an image" in printed  # the broken one named, the good one trained on
+    assert "(x1): 3 images" in printed and "na\\xefve.png" in printed
 
 
 def test_bucket_step_default_follows_a_small_resolution(tmp_path):
