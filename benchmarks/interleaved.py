@@ -163,15 +163,60 @@ def unet_forward(p: dict) -> dict:
     return out
 
 
+def _sdlora_unet(unet0, cfg: dict, lean: bool = False) -> tuple:
+    """A copy of ``unet0`` with sdlora's adapter of ``cfg`` attached for training: (unet, trainable params).
+    ``lean``: the same modules behind the shortest correct LoRA hook out + up(down(x))·scale."""
+    import copy
+
+    from sdlora.networks import Network, NetworkConfig
+
+    u = copy.deepcopy(unet0)
+    net = Network.create({"unet": u}, NetworkConfig(components=("unet",), **cfg))
+    net.freeze_bases()
+    net.attach()
+    net.train()
+    if lean:
+        for m in net.values():
+            m.detach()
+            m.base.register_forward_hook(
+                lambda mod, args, out, m=m: out + m.lora_up(m.lora_down(args[0])) * (m.scale * m.multiplier))
+    return u, [q for q in net.parameters() if q.requires_grad]
+
+
+def _peft_unet(unet0, rank: int) -> tuple:
+    """A copy of ``unet0`` with a PEFT LoRA on the attention projections: (unet, trainable params)."""
+    import copy
+
+    from peft import LoraConfig
+
+    u = copy.deepcopy(unet0)
+    u.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                             target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    return u, [q for q in u.parameters() if q.requires_grad]
+
+
+def _lycoris_unet(unet0, algo: str, cfg: dict) -> tuple:
+    """A copy of ``unet0`` with lycoris-lora's ``algo`` network (preset full) applied: (unet, its params)."""
+    import copy
+
+    from lycoris import create_lycoris
+
+    u = copy.deepcopy(unet0)
+    kw = {"conv_dim": cfg["conv_rank"], "conv_alpha": cfg["conv_alpha"]}
+    if cfg.get("factor") is not None:
+        kw["factor"] = cfg["factor"]
+    net = create_lycoris(u, 1.0, linear_dim=cfg["rank"], linear_alpha=cfg["alpha"], algo=algo, preset="full", **kw)
+    net.apply_to()
+    net.train()
+    return u, list(net.parameters())
+
+
 def unet(p: dict) -> dict:
     """Median seconds of one toy-UNet forward+backward per adapter implementation (interleaved)."""
-    import copy
     import logging
 
     import torch
     from diffusers import UNet2DConditionModel
-
-    from sdlora.networks import Network, NetworkConfig
 
     logging.getLogger("LyCORIS").setLevel(logging.ERROR)
     unet0 = UNet2DConditionModel.from_pretrained(p["model"], subfolder="unet").float()
@@ -181,46 +226,13 @@ def unet(p: dict) -> dict:
     x = torch.randn(b, unet0.config.in_channels, side, side, generator=g)
     t = torch.randint(0, 1000, (b,), generator=g)
     h = torch.randn(b, 77, unet0.config.cross_attention_dim, generator=g)
-
-    def sdlora(cfg: dict, lean: bool = False):
-        u = copy.deepcopy(unet0)
-        net = Network.create({"unet": u}, NetworkConfig(components=("unet",), **cfg))
-        net.freeze_bases()
-        net.attach()
-        net.train()
-        if lean:  # the same modules behind the shortest correct LoRA hook
-            for m in net.values():
-                m.detach()
-                m.base.register_forward_hook(
-                    lambda mod, args, out, m=m: out + m.lora_up(m.lora_down(args[0])) * (m.scale * m.multiplier))
-        return u, [q for q in net.parameters() if q.requires_grad]
-
-    def peft(rank: int):
-        from peft import LoraConfig
-
-        u = copy.deepcopy(unet0)
-        u.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        return u, [q for q in u.parameters() if q.requires_grad]
-
-    def lycoris(algo: str, cfg: dict):
-        from lycoris import create_lycoris
-
-        u = copy.deepcopy(unet0)
-        kw = {"conv_dim": cfg["conv_rank"], "conv_alpha": cfg["conv_alpha"]}
-        if cfg.get("factor") is not None:
-            kw["factor"] = cfg["factor"]
-        net = create_lycoris(u, 1.0, linear_dim=cfg["rank"], linear_alpha=cfg["alpha"], algo=algo, preset="full", **kw)
-        net.apply_to()
-        net.train()
-        return u, list(net.parameters())
-
     lora = {"algo": "lora", "rank": p["rank"], "alpha": p["rank"], "preset": "attn"}
-    cases = {"sdlora.lora": sdlora(lora), "peer.lora": peft(p["rank"]), "sdlora.lora_minimal_hook": sdlora(lora, True)}
+    cases = {"sdlora.lora": _sdlora_unet(unet0, lora), "peer.lora": _peft_unet(unet0, p["rank"]),
+             "sdlora.lora_minimal_hook": _sdlora_unet(unet0, lora, True)}
     for algo, cfg in p["lycoris"].items():
         sd_cfg = {k: v for k, v in cfg.items() if v is not None}
-        cases[f"sdlora.{algo}"] = sdlora(dict(sd_cfg, algo=algo, preset="all"))
-        cases[f"peer.{algo}"] = lycoris(algo, cfg)
+        cases[f"sdlora.{algo}"] = _sdlora_unet(unet0, dict(sd_cfg, algo=algo, preset="all"))
+        cases[f"peer.{algo}"] = _lycoris_unet(unet0, algo, cfg)
 
     def step(case, r):
         u, params = case

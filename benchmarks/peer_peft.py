@@ -115,15 +115,8 @@ def count_peft_layers(unet) -> int:
 _DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -> dict:
-    """The recipe's loop (see the module docstring); ``on_step()`` is called after every optimiser step."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    dev = torch.device(device())
-    weight_dtype = getattr(torch, _DTYPES[p["precision"]])
-    torch.manual_seed(p["seed"])
+def _frozen_components(p: dict, dev, weight_dtype) -> tuple:
+    """The model's scheduler, tokenizer, text encoder, VAE and UNet, frozen, on ``dev`` in ``weight_dtype``."""
     noise_scheduler, tokenizer, text_encoder, vae, unet = load_components(p["model"])
     unet.requires_grad_(False)
     vae.requires_grad_(False)
@@ -131,27 +124,75 @@ def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -
     unet.to(dev, dtype=weight_dtype)
     vae.to(dev, dtype=weight_dtype)
     text_encoder.to(dev, dtype=weight_dtype)
+    return noise_scheduler, tokenizer, text_encoder, vae, unet
+
+
+def _cache_all(dataset, vae, text_encoder, dev, weight_dtype) -> list:
+    """Kohya-style caching: (latents (4, h/8, w/8), text hidden states (77, dim)) of every image, once."""
+    import torch
+
+    with torch.no_grad():
+        cached = []
+        for i in range(len(dataset)):
+            px = dataset.pixels(i, False)[None].to(dev, weight_dtype)
+            lat = vae.encode(px).latent_dist.sample()[0] * vae.config.scaling_factor
+            hid = text_encoder(dataset.input_ids(i)[None].to(dev), return_dict=False)[0][0]
+            cached.append((lat, hid))
+    return cached
+
+
+def _encode(batch: dict, vae, text_encoder, dev, weight_dtype, cached: list | None, encode_s: list) -> tuple:
+    """A batch's latents (B, 4, h/8, w/8) and text hidden states (B, 77, dim): from the cache, or encoded now
+    (then the encoding time is appended to ``encode_s``)."""
+    import torch
+
+    if cached is not None:
+        return (torch.stack([cached[i][0] for i in batch["index"].tolist()]),
+                torch.stack([cached[i][1] for i in batch["index"].tolist()]))
+    t_enc = time.perf_counter()  # timed to tell how much of a step caching could save
+    latents = vae.encode(batch["pixel_values"].to(dev, dtype=weight_dtype)).latent_dist.sample()
+    latents = latents * vae.config.scaling_factor
+    encoder_hidden_states = text_encoder(batch["input_ids"].to(dev), return_dict=False)[0]
+    sync()
+    encode_s.append(time.perf_counter() - t_enc)
+    return latents, encoder_hidden_states
+
+
+def _optimiser_step(loss, scaler, optimizer, lr_scheduler, params: list) -> None:
+    """Backward, unscale, clip the gradient norm to 1.0, step, schedule, clear."""
+    import torch
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    lr_scheduler.step()
+    optimizer.zero_grad()
+
+
+def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -> dict:
+    """The recipe's loop (see the module docstring); ``on_step()`` is called after every optimiser step."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    dev = torch.device(device())
+    weight_dtype = getattr(torch, _DTYPES[p["precision"]])
+    torch.manual_seed(p["seed"])
+    noise_scheduler, tokenizer, text_encoder, vae, unet = _frozen_components(p, dev, weight_dtype)
     params = (adapter or peft_lora)(unet, p)
     for q in params:  # cast_training_params: trainable parameters in fp32 under mixed precision
         q.data = q.data.to(dev, torch.float32)
     if p["checkpointing"]:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    from diffusers.optimization import get_scheduler
-
     lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=p["steps"])
     dataset = CaptionedFolder(p["data"], p["resolution"], bool(p.get("flip", False)), tokenizer, p["seed"])
     loader = torch.utils.data.DataLoader(dataset, shuffle=True, collate_fn=collate, batch_size=p["batch"],
                                          num_workers=0, generator=torch.Generator().manual_seed(p["seed"]))
-    cached = None
-    if p.get("cache"):  # kohya-style: latents and text embeddings once, before training
-        with torch.no_grad():
-            cached = []
-            for i in range(len(dataset)):
-                px = dataset.pixels(i, False)[None].to(dev, weight_dtype)
-                lat = vae.encode(px).latent_dist.sample()[0] * vae.config.scaling_factor
-                hid = text_encoder(dataset.input_ids(i)[None].to(dev), return_dict=False)[0][0]
-                cached.append((lat, hid))
+    cached = _cache_all(dataset, vae, text_encoder, dev, weight_dtype) if p.get("cache") else None
     autocast = torch.autocast(dev.type, dtype=weight_dtype, enabled=p["precision"] != "no")
     scaler = torch.amp.GradScaler(dev.type, enabled=p["precision"] == "fp16")
     clock = StepClock()
@@ -160,16 +201,7 @@ def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -
     unet.train()
     while step < p["steps"]:
         for batch in loader:
-            if cached is None:
-                t_enc = time.perf_counter()  # timed to tell how much of a step caching could save
-                latents = vae.encode(batch["pixel_values"].to(dev, dtype=weight_dtype)).latent_dist.sample()
-                latents = latents * vae.config.scaling_factor
-                encoder_hidden_states = text_encoder(batch["input_ids"].to(dev), return_dict=False)[0]
-                sync()
-                encode_s.append(time.perf_counter() - t_enc)
-            else:
-                latents = torch.stack([cached[i][0] for i in batch["index"].tolist()])
-                encoder_hidden_states = torch.stack([cached[i][1] for i in batch["index"].tolist()])
+            latents, encoder_hidden_states = _encode(batch, vae, text_encoder, dev, weight_dtype, cached, encode_s)
             noise = torch.randn_like(latents)
             bsz = latents.shape[0]
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device).long()
@@ -178,13 +210,7 @@ def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -
             with autocast:
                 model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
             loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_scheduler.step()
-            optimizer.zero_grad()
+            _optimiser_step(loss, scaler, optimizer, lr_scheduler, params)
             bar.update(1)
             step += 1
             losses.append(loss.detach().item())
@@ -195,11 +221,16 @@ def train(p: dict, adapter=None, count_layers=count_peft_layers, on_step=None) -
             if step >= p["steps"]:
                 break
     bar.close()
+    return _summary(clock, p, encode_s, params, count_layers(unet), losses)
+
+
+def _summary(clock, p: dict, encode_s: list, params: list, adapted_layers: int, losses: list) -> dict:
+    """The run's figures: the clock's speeds, the encoding share, parameter and layer counts, the losses."""
     out = clock.summary(p["warmup"], p["batch"])
     if encode_s:  # share of the measured steps' time spent in the VAE and text encoder
         span = clock.stamps[-1] - clock.stamps[p["warmup"] - 1]
         out["encode_share"] = sum(encode_s[p["warmup"]:]) / span
-    out.update(trainable_params=sum(q.numel() for q in params), adapted_layers=count_layers(unet),
+    out.update(trainable_params=sum(q.numel() for q in params), adapted_layers=adapted_layers,
                final_loss=losses[-1], losses_finite=all(map(lambda v: v == v and abs(v) != float("inf"), losses)))
     return out
 
