@@ -22,7 +22,7 @@ def add_model_args(p) -> None:
     """--model and the options that say how to open it (shared with `bake`)."""
     p.add_argument("--model", required=True, help="base model: a diffusers folder or a single .safetensors file")
     p.add_argument("--tokenizer", metavar="DIR", help="CLIP tokenizer folder (vocab.json + merges.txt) or a "
-                   "diffusers folder with tokenizer/; needed for single files unless the HF cache has one")
+                   "diffusers folder with tokenizer/; overrides the CLIP tokenizer shipped in the package")
     p.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="override the detected model family")
     p.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "v"),
                    help="override the detected prediction type (SD2 768-v models are v_prediction)")
@@ -61,8 +61,12 @@ def _check_args(args) -> None:
         raise ConfigError("give --prompt TEXT (or --from-png IMAGE.png to re-render an image from its parameters)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give 1 or more images per pass")
-    if args.from_png and (args.sweep or args.sweep_lora):
-        raise ConfigError("--from-png re-renders images; it does not combine with --sweep")
+    if args.sweep or args.sweep_lora:
+        clash = [flag for flag, on in (("--from-png", args.from_png), ("--init-image", args.init_image),
+                                       ("--mask", args.mask), ("--batch-size", args.batch_size > 1)) if on]
+        if clash:
+            raise ConfigError(f"--sweep renders a text-to-image grid one cell at a time; it does not combine "
+                              f"with {', '.join(clash)}")
 
 
 def run(args) -> int:
@@ -94,7 +98,8 @@ def run(args) -> int:
                   progress=not args.quiet)
     out = Path(args.out)
     if args.sweep or args.sweep_lora:
-        grid = sweep(model, args.prompt, strengths, adapter=args.sweep_lora, **common)
+        grid = sweep(model, args.prompt, strengths, adapter=args.sweep_lora, clip_skip=args.clip_skip,
+                     prompt_syntax=not args.plain_prompts, embeddings=library, **common)
         path = save_png(grid, out / f"{next_index(out):05d}-sweep-{grid.seed}.png")
         print(path)
         return 0

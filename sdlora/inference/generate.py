@@ -125,10 +125,10 @@ def to_pil(array: np.ndarray) -> Image.Image:
 
 
 def _render(model: BaseModel, prompt: str, negative_prompt: str, seed: int, steps: int, cfg: float,
-            width: int, height: int, on_step: Any) -> np.ndarray:
-    """One image as (H, W, 3) floats in [0, 1]; ``prompt`` has no tags left (A1111 syntax, the adapters'
-    clip skip)."""
-    cond = conditioning.build(model, prompt, negative_prompt)
+            width: int, height: int, on_step: Any, **encoding: Any) -> np.ndarray:
+    """One image as (H, W, 3) floats in [0, 1]; ``prompt`` has no tags left. ``encoding``: clip_skip,
+    syntax, embeddings (``conditioning.build``)."""
+    cond = conditioning.build(model, prompt, negative_prompt, **encoding)
     kwargs = conditioning.to_device(cond.kwargs, model.unet.device)
     return render.render(model, kwargs, [seed], render.Job(int(steps), float(cfg), width, height), on_step)[0]
 
@@ -228,7 +228,8 @@ def sweep(model: BaseModel, prompt: str, strengths: Sequence[float] | None = Non
           adapter: str | None = None, negative_prompt: str = "", seed: int | None = None, count: int = 1,
           steps: int = 20, cfg: float = 7.0, sampler: str = "euler a", width: int | None = None,
           height: int | None = None, lora_dir: str | Path | None = None,
-          progress: bool = True) -> Generated:
+          progress: bool = True, clip_skip: int | None = None, prompt_syntax: bool = True,
+          embeddings: EmbeddingLibrary | None = None) -> Generated:
     """A labelled grid: one column per strength in ``strengths`` (applied to ``adapter``, or to every adapter
     of the stack and the prompt), one row per seed (``count`` seeds from ``seed``). Text-encoder strengths
     follow the strength unless set separately. Strengths are restored afterwards. Returns the grid with the
@@ -252,7 +253,8 @@ def sweep(model: BaseModel, prompt: str, strengths: Sequence[float] | None = Non
                     for name in targets if value is not None else []:
                         stack.set_strength(name, value)
                     for row, s in enumerate(seeds):
-                        cells[row].append(_render(model, clean, negative_prompt, s, steps, cfg, w, h, on_step))
+                        cells[row].append(_render(model, clean, negative_prompt, s, steps, cfg, w, h, on_step,
+                                                  clip_skip=clip_skip, syntax=prompt_syntax, embeddings=embeddings))
                         if not first_text:
                             first_text = parameters_text(model, prompt, negative_prompt, steps=steps,
                                                          sampler=sampler, cfg=cfg, seed=s, width=w, height=h)
