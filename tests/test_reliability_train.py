@@ -318,7 +318,7 @@ def test_training_on_a_full_disk_ends_with_a_sentence(tmp_path, monkeypatch, cap
     monkeypatch.setattr(files.os, "fsync", fsync)
     rc = main(["train", str(toml)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("sdlora: error: training stopped at step 2: cannot write ")
+    assert rc == 2 and "\nsdlora: error: training stopped at step 2: cannot write " in err
     assert "No space left on device; the disk is full" in err
     assert "the emergency save failed too" in err
     out = tmp_path / "out"
@@ -362,13 +362,14 @@ def test_train_and_bake_on_a_small_tmpfs(tmp_path, capsys):
 
 
 def test_read_only_file_system_and_a_file_in_the_way(tmp_path, capsys):
-    from fake_adapters import make_adapter
+    from fake_adapters import make_adapter, tokenizer_dir
     from sdlora import models
     from tiny import tiny_pipeline
 
     model = models.from_pipeline(tiny_pipeline("sd1"))
     base = models.save_model(model, tmp_path / "base.safetensors")
     make_adapter(model, tmp_path / "a.safetensors", algo="lora", preset="attn", seed=1)
+    tok = str(tokenizer_dir(tmp_path))
     (tmp_path / "file").write_text("a regular file")
     blocked = tmp_path / "file" / "out"
     toml = write_toml(tmp_path / "c.toml", config(tmp_path, "sd1", training={"max_steps": 1},
@@ -378,7 +379,7 @@ def test_read_only_file_system_and_a_file_in_the_way(tmp_path, capsys):
     assert f"sdlora: error: cannot write {blocked}: Not a directory" in err and "is a file, not a folder" in err
     for fmt, out in (("single-file", blocked / "m.safetensors"), ("diffusers", blocked / "folder")):
         rc = main(["bake", "--model", str(base), "--lora", str(tmp_path / "a.safetensors"), "--out", str(out),
-                   "--format", fmt, "--quiet"])
+                   "--format", fmt, "--tokenizer", tok, "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2 and "sdlora: error: cannot write" in err and "Not a directory" in err, err
     ro = tmp_path / "ro"
