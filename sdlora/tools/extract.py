@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sdlora.errors import ModelError
+from sdlora.files.streaming import LazyFile
 from sdlora.keys import normalize_module_path
 from sdlora.networks import AdapterModule, preset_modules
 from sdlora.tools.delta import Delta
@@ -42,7 +43,7 @@ class TunedWeights:
         self.path = Path(path)
         self.model = None  # an opened BaseModel (fallback)
         self.plan = None  # a single file's SingleFilePlan
-        self.handles: dict[str, dict[str, Any]] = {}  # component -> {tensor key: safe_open handle}
+        self.handles: dict[str, dict[str, Any]] = {}  # component -> {tensor key: its LazyFile}
         self.entries: dict[tuple[str, str], Any] = {}  # (component, part) -> single-file entry
         self._shapes: dict[str, dict] = {}
         self._last: tuple[Any, list[torch.Tensor]] | None = None
@@ -63,8 +64,6 @@ class TunedWeights:
 
     def _index(self, component: str) -> bool:
         """Open the safetensors files of one component folder; False when it has none."""
-        from safetensors import safe_open
-
         folder = self.path / _FOLDERS[component]
         found = sorted(folder.glob("*.safetensors"))
         plain = [f for f in found if f.name.count(".") == 1]  # skip variants (x.fp16.safetensors) if plain exist
@@ -73,8 +72,8 @@ class TunedWeights:
             return False
         table = {}
         for f in chosen:
-            handle = safe_open(str(f), framework="pt")
-            table.update(dict.fromkeys(handle.keys(), handle))
+            handle = LazyFile(f)
+            table.update(dict.fromkeys(handle.keys, handle))
         self.handles[component] = table
         return True
 
@@ -94,7 +93,7 @@ class TunedWeights:
         table = self.handles.get(component, {})
         for candidate in candidates:
             if candidate in table:
-                return table[candidate].get_tensor(candidate)
+                return table[candidate].get(candidate)
         return None
 
     def _from_single_file(self, component: str, candidates) -> torch.Tensor | None:
