@@ -305,3 +305,32 @@ def test_cli_img2img_inpaint_and_errors(sd1_setup, capsys) -> None:
     rc = main(f["base"][:5] + ["--out", str(f["tmp"] / "bad")])
     assert rc == 2 and "--prompt" in capsys.readouterr().err
     assert not (f["tmp"] / "bad").exists() or not any((f["tmp"] / "bad").iterdir())
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_long_weighted_prompts_generate_in_batches(family) -> None:
+    from sdlora.inference.generate import generate
+
+    model = _model(family)
+    prompt = "(a red cat:1.3), " + "on a mat, " * 10 + "BREAK [night]"
+    images = generate(model, prompt, "blurry", seed=3, steps=2, count=2, batch_size=2, progress=False)
+    alone = generate(model, prompt, "blurry", seed=4, steps=2, progress=False)[0]
+    assert len(images) == 2 and images[1].seed == 4
+    assert np.abs(images[1].array - alone.array).max() < 1e-4
+    assert any("chunks of 75" in n for n in images[0].notes)
+
+
+def test_cli_vae_is_used_and_written(sd1_setup) -> None:
+    from sdlora.cli import main
+
+    f = sd1_setup
+    other = tiny_pipeline("sd1").vae
+    with torch.no_grad():
+        other.decoder.conv_out.bias.add_(0.3)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(f["tmp"] / "bright.safetensors"))
+    common = f["base"] + ["--prompt", "a cat", "--seed", "2"]
+    assert main(common + ["--out", str(f["tmp"] / "plain")]) == 0
+    assert main(common + ["--vae", str(f["tmp"] / "bright.safetensors"), "--out", str(f["tmp"] / "vae")]) == 0
+    plain, bright = _png(f["tmp"] / "plain" / "00000-2.png"), _png(f["tmp"] / "vae" / "00000-2.png")
+    assert bright.astype(int).mean() > plain.astype(int).mean() + 5
+    assert pnginfo.read_settings(f["tmp"] / "vae" / "00000-2.png").fields["VAE"] == "bright"

@@ -47,6 +47,8 @@ def png_arguments(path: str | Path, model: Any, lora_dir: str | Path | None = No
     if wanted and have and wanted.lower() != have.lower():
         notes.append(f"the image was made with model hash {wanted} ({s.fields.get('Model', '?')}); this model's "
                      f"hash is {have}: the image will differ")
+    if s.fields.get("VAE"):
+        notes.append(f"the image was made with the VAE {s.fields['VAE']}; pass --vae with that file to use it")
     if s.embedding_hashes:
         notes.append(f"the prompts use embeddings ({', '.join(s.embedding_hashes)}); they are read from "
                      "--embeddings-dir")
