@@ -35,7 +35,10 @@ class ReferenceBPE:
         lines = gzip.decompress(clip_bpe.ASSET.read_bytes()).decode("utf-8").split("\n")
         merges = [tuple(x.split()) for x in lines[1:49152 - 256 - 2 + 1]]
         self.ranks = {m: i for i, m in enumerate(merges)}
-        self.byte_char = clip_bpe.bytes_to_unicode()
+        # GPT-2's byte map, written here again: printable latin-1 bytes first (as themselves), then the rest
+        keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+        rest = [b for b in range(256) if b not in keep]
+        self.byte_char = {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
         base = list(self.byte_char.values())
         words = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
         self.ids = {w: i for i, w in enumerate(words + ["<|startoftext|>", "<|endoftext|>"])}
