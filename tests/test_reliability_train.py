@@ -477,3 +477,22 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_image_gone_before_the_cache_fill_is_skipped_and_named(tmp_path, monkeypatch):
+    from sdlora.trainers import loop
+
+    data = make_images(tmp_path / "data", 4, size=(16, 16))
+    real = loop.scan
+
+    def scan_then_delete(section):
+        found = real(section)
+        (data / "img3.png").unlink()  # between the scan and the latent cache
+        return found
+
+    monkeypatch.setattr(loop, "scan", scan_then_delete)
+    lines: list[str] = []
+    tr = Trainer(load_config(raw=config(tmp_path, "sd1", data=data, training={"max_steps": 3})), log=lines.append)
+    assert f"skipped {data / 'img3.png'}: cannot be read" in "\n".join(lines)
+    result = tr.run()
+    assert result.step == 3 and sorted(result.losses) == [1, 2, 3]

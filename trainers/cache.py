@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError
 from sdlora.trainers.data import Item, Subset
-from sdlora.files.images import crop_box, decode, to_bucket
+from sdlora.files.images import BadImage, crop_box, decode, to_bucket
 
 
 def _sha(*parts) -> str:
@@ -112,8 +112,11 @@ class LatentCache:
                 found[k] = self.store.memory[k]
         return [found[k] for k in keys]
 
-    def fill(self, items: list[Item], subsets: list[Subset], batch_size: int = 8) -> None:
-        """Make sure every item (and its mirror image, where its subset flips) is cached; same-bucket batches."""
+    def fill(self, items: list[Item], subsets: list[Subset], batch_size: int = 8,
+             on_bad: Callable[[Item, str], None] | None = None) -> None:
+        """Make sure every item (and its mirror image, where its subset flips) is cached; same-bucket batches.
+        An image that cannot be read any more (deleted or damaged since the scan) is left out and passed to
+        ``on_bad`` with the reason (without ``on_bad`` the error is raised)."""
         todo = sorted(((it, f) for it in items for f in ((False, True) if subsets[it.subset].flip else (False,))),
                       key=lambda x: (x[0].bucket, x[1]))
         groups: dict = {}
@@ -122,7 +125,27 @@ class LatentCache:
         for group in groups.values():
             for k in range(0, len(group), batch_size):
                 chunk = group[k:k + batch_size]
-                self.get([it for it, _ in chunk], subsets, [f for _, f in chunk])
+                try:
+                    self.get([it for it, _ in chunk], subsets, [f for _, f in chunk])
+                except (BadImage, OSError):
+                    if on_bad is None:
+                        raise
+                    self._fill_one_by_one(chunk, subsets, on_bad)
+
+    def _fill_one_by_one(self, chunk: list[tuple[Item, bool]], subsets: list[Subset],
+                         on_bad: Callable[[Item, str], None]) -> None:
+        bad: set[int] = set()
+        for it, f in chunk:
+            if id(it) in bad:
+                continue
+            try:
+                self.get([it], subsets, [f])
+            except BadImage as exc:
+                bad.add(id(it))
+                on_bad(it, str(exc))
+            except OSError as exc:
+                bad.add(id(it))
+                on_bad(it, f"cannot be read ({exc.strerror or exc})")
 
 
 class TextCache:

@@ -128,8 +128,11 @@ class Dataset:
             raise DatasetError(f"no training image is left: {display_path(self.items[index].path)} and every other "
                                "training image became unreadable or was deleted after the scan; put the images "
                                "back")
-        return display_path(f"skipped {self.items[index].path}: {why} (it became unusable after the scan; "
-                            "training goes on without it)")
+        return self.lost_line(index)
+
+    def lost_line(self, index: int) -> str:
+        return display_path(f"skipped {self.items[index].path}: {self.lost[index]} (it became unusable after the "
+                            "scan; training goes on without it)")
 
     def train_items(self) -> list[int]:
         return [i for i, it in enumerate(self.items) if not self.subsets[it.subset].is_reg]

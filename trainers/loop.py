@@ -193,7 +193,8 @@ class Trainer:
         latents: list = [None] * len(items)
         masks: list = [None] * len(items)
         crops: list = [None] * len(items)
-        cached = [k for k, it in enumerate(items) if self.latent_cache is not None and it.subset in self.cached_subsets]
+        cached = [k for k, it in enumerate(items) if self.latent_cache is not None and it.subset in self.cached_subsets
+                  and indices[k] not in ds.lost]
         if cached:
             entries = self.latent_cache.get([items[k] for k in cached], ds.subsets, [flips[k] for k in cached])
             for k, e in zip(cached, entries):

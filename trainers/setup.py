@@ -118,6 +118,8 @@ def build_caches(cfg: TrainConfig, model: BaseModel, dataset: Dataset, device: t
         log(f"cache: {note}")
     caches = Caches(latent_cache, text_cache, cached_subsets, {})
     caches.stats = fill_caches(caches, dataset)
+    for index in dataset.lost:
+        log(dataset.lost_line(index))
     offload_unused(caches, cfg, model, dataset, device)
     if caches.stats:
         log("cache: " + ", ".join(f"{k} {v}" for k, v in caches.stats.items()))
@@ -130,7 +132,8 @@ def fill_caches(caches: Caches, dataset: Dataset) -> dict[str, int]:
     latent_cache, text_cache, cached_subsets = caches.latent, caches.text, caches.cached_subsets
     items, subsets = dataset.items, dataset.subsets
     if latent_cache is not None:
-        latent_cache.fill([it for it in items if it.subset in cached_subsets], subsets)
+        latent_cache.fill([it for it in items if it.subset in cached_subsets], subsets,
+                          on_bad=lambda it, why: dataset.lose(items.index(it), why))  # gone since the scan
         store = latent_cache.store
         stats.update({"latents encoded": store.encoded, "latents reused": store.reused})
     if text_cache is not None:
