@@ -187,9 +187,10 @@ def generate(model: BaseModel, prompt: str, negative_prompt: str = "", *, seed: 
         fields = {**_job_fields(job), **cond.fields, **(extra_fields or {})}
         notes = job.notes + cond.notes
         run_steps = steps if job.mode == "txt2img" else max(1, int(steps * job.denoise))
-        bar, on_step = _progress(len(seeds) * run_steps, progress)
+        batches = _batches(seeds, batch_size)
+        bar, on_step = _progress(len(batches) * run_steps, progress)  # one tick per pipeline step
         with bar:
-            for batch in _batches(seeds, batch_size):
+            for batch in batches:
                 for s, array in zip(batch, render.render(model, kwargs, batch, job, on_step)):
                     text = parameters_text(model, prompt, negative_prompt, steps=steps, sampler=sampler, cfg=cfg,
                                            seed=s, width=w, height=h, extra=fields)
