@@ -496,3 +496,23 @@ def test_image_gone_before_the_cache_fill_is_skipped_and_named(tmp_path, monkeyp
     assert f"skipped {data / 'img3.png'}: cannot be read" in "\n".join(lines)
     result = tr.run()
     assert result.step == 3 and sorted(result.losses) == [1, 2, 3]
+
+
+def test_bake_tidies_what_a_killed_bake_left(tmp_path, capsys):
+    from fake_adapters import make_adapter
+    from sdlora import models
+    from tiny import tiny_pipeline
+
+    model = models.from_pipeline(tiny_pipeline("sd1"))
+    base = models.save_model(model, tmp_path / "base.safetensors")
+    make_adapter(model, tmp_path / "a.safetensors", algo="lora", preset="attn", seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    (out / f".m.safetensors.{dead}.k1l2.tmp").write_bytes(b"gigabytes, once")
+    (out / f".other.safetensors.{dead}.k1l2.tmp").write_bytes(b"not this bake's")
+    rc = main(["bake", "--model", str(base), "--lora", str(tmp_path / "a.safetensors"),
+               "--out", str(out / "m.safetensors"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"sdlora: note: removed {out / f'.m.safetensors.{dead}.k1l2.tmp'}" in printed
+    assert _hidden(out) == [f".other.safetensors.{dead}.k1l2.tmp"]
