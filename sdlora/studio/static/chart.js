@@ -35,7 +35,7 @@ export class LineChart {
     }
     const series = [
       { pts: loss, key: "loss", color: "#2f6fde", side: "l", fmt: (v) => v.toFixed(4) },
-      { pts: lrs, key: "lr", color: "#e0892b", side: "r", fmt: (v) => v.toExponential(1) },
+      { pts: lrs, key: "lr", color: "#e0892b", side: "r", fmt: (v) => v.toExponential(2) },
     ];
     for (const s of series) {
       if (!s.pts.length) continue;
@@ -51,7 +51,7 @@ export class LineChart {
       g.stroke();
       if (s.key === "loss") for (const p of s.pts) { g.fillRect(x(p.step) - 1.5, y(p.loss) - 1.5, 3, 3); }
     }
-    g.fillStyle = "#2f6fde"; g.fillText("loss", pad.l + 6, pad.t + 12);
-    g.fillStyle = "#e0892b"; g.fillText("learning rate", pad.l + 40, pad.t + 12);
+    g.fillStyle = "#2f6fde"; g.fillText("● loss", pad.l + pw - 140, pad.t + 14);
+    g.fillStyle = "#e0892b"; g.fillText("— learning rate", pad.l + pw - 90, pad.t + 14);
   }
 }

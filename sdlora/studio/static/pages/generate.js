@@ -41,7 +41,8 @@ export async function render(view, _arg, query) {
   const num = (el) => (el.value === "" ? null : Number(el.value));
   go.addEventListener("click", async () => {
     const loras = [...stack.querySelectorAll(".stack-row")].map((r) => ({ path: r.querySelector(".lora-path").value,
-      strength: Number(r.querySelector(".lora-strength").value), te_strength: Number(r.querySelector(".lora-te").value),
+      strength: Number(r.querySelector(".lora-strength").value),
+      te_strength: r.querySelector(".lora-te").closest(".slider").dataset.touched ? Number(r.querySelector(".lora-te").value) : null,
       block_weights: r.querySelector(".lora-blocks").value || null }));
     const body = { model: f.model.value, loras, prompt: f.prompt.value, negative: f.negative.value, sampler: f.sampler.value,
       steps: num(f.steps), cfg: num(f.cfg), seed: num(f.seed) ?? -1, width: num(f.width), height: num(f.height), count: num(f.count) ?? 1,

@@ -7,7 +7,7 @@ export async function render(view, arg) {
   try { [tools, adapters] = await Promise.all([get("/api/tools"), get("/api/adapters")]); } catch (e) { return showError(e); }
   const names = Object.keys(tools);
   const current = names.includes(arg) ? arg : names[0];
-  const tabs = h("div", { class: "row card" }, names.map((n) => h("a", { href: `#/tools/${n}`, class: n === current ? "selected" : "", style: "padding:4px 10px" }, n)));
+  const tabs = h("div", { class: "row card tabs" }, names.map((n) => h("a", { href: `#/tools/${n}`, class: n === current ? "selected" : "" }, n)));
   const form = h("div", { class: "card", id: "tool-form" });
   const paths = adapters.filter((a) => !a.facts.error).map((a) => a.path);
   const inputs = {};
