@@ -1,16 +1,20 @@
-"""The `sdlora` command line. Thin: parse arguments, call the library, print."""
+"""The `sdlora` command line. Thin: parse arguments, call the library, print.
+
+Start-up stays light. The parsers come from sdlora.commands, whose modules import only argparse, the
+standard library and light sdlora modules; each parser's `func` names its action as "module:function"
+(e.g. "sdlora.commands.actions.generate:run"). `main` imports that module after parsing: this is the CLI's
+one lazy import, so `sdlora --help` and `sdlora COMMAND --help` load neither torch nor diffusers.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
 from sdlora import __version__
+from sdlora.commands import COMMANDS
 from sdlora.errors import SdloraError
-
-# Each module of sdlora/commands exposes `register(subparsers)`; the parser it adds sets `func`.
-
-# Each module of sdlora/commands exposes `register(subparsers)`; the parser it adds sets `func`.
-# Modules are found by name, so a new command needs no edit here.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sdlora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import importlib
-    import pkgutil
-
-    from sdlora import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        importlib.import_module(f"sdlora.commands.{info.name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
+
+
+def action(target: str) -> Callable[[argparse.Namespace], int | None]:
+    """The function a parser's ``func`` names: "package.module:function", imported now (the lazy point)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        return int(action(args.func)(args) or 0)
     except SdloraError as exc:
         print(f"sdlora: error: {exc}", file=sys.stderr)
         return 2

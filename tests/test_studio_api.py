@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sdlora.commands.inspect import inspect_file
+from sdlora.commands.actions.inspect import inspect_file
 from sdlora.commands.studio import resolve_token
 from sdlora.errors import ConfigError
 from sdlora.studio.app import create_app

@@ -1,25 +1,7 @@
 """`sdlora bake --model M --lora F:S [--lora ...] --out OUT [--format single-file|diffusers] [--dtype fp16]`."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from sdlora.files.streaming import clean_stale
-from sdlora.tools.bake import bake
-from sdlora.inference.stack import parse_adapter_arg
 from sdlora.commands.generate import add_model_args
-
-
-def run(args) -> int:
-    specs = [parse_adapter_arg(s) for s in args.lora]
-    target = Path(args.out)
-    for line in clean_stale(target.parent, lambda name: name == target.name):  # what a killed bake left
-        print(f"sdlora: note: {line}")
-    out = bake(args.model, specs, args.out, format=args.format, dtype=args.dtype, tokenizer=args.tokenizer,
-               family=args.family, prediction_type=args.prediction_type, config=args.config,
-               strict=not args.no_strict, progress=not args.quiet)
-    names = ", ".join(f"{s.path}:{s.strength:g}" for s in specs) or "no adapters"
-    print(f"baked {names} into {out}")
-    return 0
 
 
 def register(sub) -> None:
@@ -33,4 +15,4 @@ def register(sub) -> None:
                    help="default: single-file for a .safetensors path, diffusers otherwise")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: as the base model stores it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.bake:run")

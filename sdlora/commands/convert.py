@@ -1,15 +1,6 @@
 """`sdlora convert FILE --to kohya|lycoris|peft [--unet-names sgm|diffusers] --out OUT`."""
 from __future__ import annotations
 
-from sdlora.tools import convert
-
-
-def run(args) -> int:
-    report = convert(args.file, args.out, to=args.to, unet_names=args.unet_names, model=args.model,
-                     family=args.family)
-    print(report.format())
-    return 0
-
 
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert an adapter between key formats (kohya, lycoris, peft), losslessly",
@@ -22,4 +13,4 @@ def register(sub) -> None:
     p.add_argument("--model", help="base model folder (only needed for files of non-standard models)")
     p.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="model family when the file does not say")
     p.add_argument("--out", required=True, help="output adapter file")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.convert:run")

@@ -2,17 +2,10 @@
 from __future__ import annotations
 
 
-def run(args) -> int:
-    from sdlora.toy.demo import run_demo
-
-    run_demo(args.out, steps=args.steps, seed=args.seed, per_prompt=args.per_prompt)
-    return 0
-
-
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job end to end on the embedded default model (CPU, minutes)")
     p.add_argument("--out", default="sdlora-demo", help="folder for everything the demo writes")
     p.add_argument("--steps", type=int, default=1200, help="training steps")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--per-prompt", type=int, default=2, help="samples per prompt in the evaluation")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.demo:run")

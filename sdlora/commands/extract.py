@@ -1,15 +1,6 @@
 """`sdlora extract --base M0 --tuned M1 --rank R [--conv-rank R2] --out OUT`."""
 from __future__ import annotations
 
-from sdlora.tools import extract
-
-
-def run(args) -> int:
-    report = extract(args.base, args.tuned, args.out, rank=args.rank, conv_rank=args.conv_rank,
-                     energy=args.energy, dtype=args.dtype)
-    print(report.format())
-    return 0
-
 
 def register(sub) -> None:
     p = sub.add_parser("extract", help="extract a LoRA/LoCon from the difference of two checkpoints",
@@ -23,4 +14,4 @@ def register(sub) -> None:
                    "ΔW's squared singular values (capped by --rank)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output precision (default: the base's)")
     p.add_argument("--out", required=True, help="output adapter file")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.extract:run")

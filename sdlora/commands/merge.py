@@ -1,16 +1,7 @@
 """`sdlora merge A.safetensors[:wA] B.safetensors[:wB] ... --out C [--method concat|svd] [--rank R | --energy E]`."""
 from __future__ import annotations
 
-from sdlora.tools import merge, parse_input
-from sdlora.tools.cli_args import add_format_args, add_rank_args, add_reference_args
-
-
-def run(args) -> int:
-    report = merge([parse_input(s) for s in args.inputs], args.out, method=args.method, rank=args.rank,
-                   conv_rank=args.conv_rank, energy=args.energy, model=args.model, family=args.family,
-                   to=args.to, unet_names=args.unet_names, dtype=args.dtype)
-    print(report.format())
-    return 0
+from sdlora.commands.args import add_format_args, add_rank_args, add_reference_args
 
 
 def register(sub) -> None:
@@ -23,4 +14,4 @@ def register(sub) -> None:
     add_rank_args(p)
     add_reference_args(p)
     add_format_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.merge:run")

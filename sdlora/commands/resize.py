@@ -1,15 +1,7 @@
 """`sdlora resize FILE --rank R | --energy E [--conv-rank R2] --out OUT`."""
 from __future__ import annotations
 
-from sdlora.tools import resize
-from sdlora.tools.cli_args import add_format_args, add_rank_args, add_reference_args
-
-
-def run(args) -> int:
-    report = resize(args.file, args.out, rank=args.rank, energy=args.energy, conv_rank=args.conv_rank,
-                    model=args.model, family=args.family, to=args.to, unet_names=args.unet_names, dtype=args.dtype)
-    print(report.format())
-    return 0
+from sdlora.commands.args import add_format_args, add_rank_args, add_reference_args
 
 
 def register(sub) -> None:
@@ -20,4 +12,4 @@ def register(sub) -> None:
     add_rank_args(p)
     add_reference_args(p)
     add_format_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.resize:run")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import secrets
 
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -13,12 +14,6 @@ def resolve_token(host: str, token: str | None) -> str | None:
     if host not in LOCAL_HOSTS:
         return secrets.token_urlsafe(18)
     return None
-
-
-def run(args) -> int:
-    from sdlora.studio.serve import serve
-
-    return serve(args.root, args.host, args.port, resolve_token(args.host, args.token))
 
 
 def register(sub) -> None:
@@ -32,4 +27,4 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--token", help="require this token on every request (default: none on 127.0.0.1, a generated "
                    "one on any other host)")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.studio:run")

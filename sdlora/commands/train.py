@@ -1,27 +1,6 @@
 """`sdlora train CONFIG [--set section.key=value ...] [--resume DIR] [--check]`: learn an adapter."""
 from __future__ import annotations
 
-from pathlib import Path
-
-
-def run(args) -> int:
-    from sdlora.errors import ConfigError
-    from sdlora.trainers import Trainer, load_config
-    from sdlora.trainers.state import find_state
-
-    config = args.config
-    if config is None:
-        if not args.resume:
-            raise ConfigError("name a config file (sdlora train CONFIG.toml), or --resume an output folder")
-        config = find_state(args.resume).parent / "config.toml"  # the resolved config saved with the states
-    cfg = load_config(Path(config), args.set)
-    trainer = Trainer(cfg, resume=args.resume)
-    if args.check:
-        print(f"config is valid; {trainer.total_steps} steps of {len(trainer.dataset.items)} images would be trained")
-        return 0
-    result = trainer.run()
-    return 130 if result.interrupted else 0
-
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a LoRA / LyCORIS adapter from an image folder (TOML config)",
@@ -32,4 +11,4 @@ def register(sub) -> None:
                    help="override a config key, e.g. --set training.max_steps=200 (repeatable)")
     p.add_argument("--resume", metavar="DIR", help="a state-N folder, or an output folder (its latest state)")
     p.add_argument("--check", action="store_true", help="validate the config, scan the data, open the model, build the network and caches, then stop")
-    p.set_defaults(func=run)
+    p.set_defaults(func="sdlora.commands.actions.train:run")

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdlora.commands.inspect import inspect_file
+from sdlora.commands.actions.inspect import inspect_file
 from sdlora.errors import SdloraError
 from sdlora.studio.context import studio_of
 from sdlora.studio.paths import NotFound, inside, relative, walk
