@@ -198,7 +198,7 @@ def test_fresh_run_sets_an_earlier_longer_run_aside(tmp_path, capsys):
     assert sorted(p.name for p in aside[0].glob("tiny-step*")) == ["tiny-step000002.safetensors",
                                                                    "tiny-step000004.safetensors"]
     assert sorted(p.name for p in out.glob("state-*")) == ["state-2", "state-3"]
-    assert f"--resume {out}" in printed
+    assert (aside[0] / "config.toml").is_file() and f"--resume {out}" in printed
     # the suggested command continues the NEW run
     assert main(["train", "--resume", str(out)]) == 0
     assert "resumed from" in capsys.readouterr().out

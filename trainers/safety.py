@@ -4,8 +4,8 @@ what it has when an error ends it.
 - ``prepare_output``: make the output folder (a SaveError sentence when it cannot be made), remove what
   killed saves left there (``streaming.clean_stale``: temporaries of dead processes, a state swap cut between
   its renames put back), and for a fresh run (no --resume) move the states and step adapters of an earlier
-  run aside into ``earlier-run-<time>/``, so the folder holds one run's states and ``--resume OUT`` continues
-  this run.
+  run aside into ``earlier-run-<time>/`` (with its config.toml, so ``--resume`` of that folder still works),
+  so the folder holds one run's states and ``--resume OUT`` continues this run.
 - ``emergency_stop``: an error during training (an image gone, a full disk, an unwritable folder) first
   saves the adapter and state as of the last finished step, then becomes a TrainingStopped sentence that
   says what was saved and how to continue.
@@ -31,7 +31,7 @@ def prepare_output(out: Path, name: str, fresh: bool, log: Callable[[str], None]
     for line in streaming.clean_stale(out):
         log(f"note: {line}")
     if fresh:
-        aside = states.set_aside(out, (f"{name}-step[0-9]*.safetensors",))
+        aside = states.set_aside(out, (f"{name}-step[0-9]*.safetensors", "config.toml"))
         if aside is not None:
             log(f"note: moved the states of an earlier run to {display_path(aside)}, so {display_path(out)} "
                 f"holds this run's only (to continue that run instead, stop this one and use --resume {display_path(aside)})")
