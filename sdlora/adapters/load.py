@@ -15,6 +15,7 @@ import torch.nn as nn
 from sdlora import keys
 from sdlora.adapters.read import AdapterFile, module_algo
 from sdlora.errors import AdapterFileError
+from sdlora.files import tensors as files
 from sdlora.models.families import FAMILY_NAMES
 from sdlora.networks import ALGORITHMS, AdapterModule, Network
 
@@ -29,10 +30,11 @@ class LoadReport:
     algorithms: dict[str, int] = field(default_factory=dict)
     unmatched_keys: list[str] = field(default_factory=list)
     shape_errors: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # "KEY and KEY name the same layer (component path)"
 
     @property
     def ok(self) -> bool:
-        return not self.unmatched_keys and not self.shape_errors
+        return not self.unmatched_keys and not self.shape_errors and not self.duplicates
 
     @property
     def total_matched(self) -> int:
@@ -49,11 +51,16 @@ class LoadReport:
             shown = "; ".join(self.shape_errors[:limit])
             more = f" and {len(self.shape_errors) - limit} more" if len(self.shape_errors) > limit else ""
             parts.append(f"{len(self.shape_errors)} modules do not fit their layer: {shown}{more}")
+        if self.duplicates:
+            shown = "; ".join(self.duplicates[:limit])
+            more = f" and {len(self.duplicates) - limit} more" if len(self.duplicates) > limit else ""
+            parts.append(f"{len(self.duplicates)} layers are named twice (only the first would load): {shown}{more}")
         return "; ".join(parts)
 
     def as_dict(self) -> dict:
         return dict(path=self.path, family=self.family, matched=self.matched, algorithms=self.algorithms,
-                    unmatched_keys=self.unmatched_keys, shape_errors=self.shape_errors, ok=self.ok)
+                    unmatched_keys=self.unmatched_keys, shape_errors=self.shape_errors,
+                    duplicates=self.duplicates, ok=self.ok)
 
 
 def adaptable_paths(root: nn.Module) -> list[str]:
@@ -85,7 +92,10 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
     (the CLI default) unmatched keys or shape errors raise AdapterFileError naming them, and nothing is
     attached; otherwise the rest loads and one warning carries the report.
     """
-    af = source if isinstance(source, AdapterFile) else AdapterFile.read(source, allow_pickle=allow_pickle)
+    try:
+        af = source if isinstance(source, AdapterFile) else AdapterFile.read(source, allow_pickle=allow_pickle)
+    except files.PickleRefused as exc:
+        raise exc.with_hint("pass allow_pickle=True to load its tensors with torch.load(weights_only=True)") from None
     detected = af.detect_family()
     if check_family and detected is not None and detected != family:
         raise AdapterFileError(
@@ -95,6 +105,7 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
     table = keys.alias_table({c: adaptable_paths(m) for c, m in present.items()}, family, unet_config_of(present))
     report = LoadReport(path=af.path, family=detected, unmatched_keys=list(af.unknown_keys))
     built: dict[tuple[str, str], AdapterModule] = {}
+    names: dict[tuple[str, str], str] = {}  # the file name that claimed each layer first
     for name, tensors in af.modules.items():
         target = table.get(name)
         if target is None:
@@ -102,13 +113,17 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
             continue
         component, path = target
         root = present[component]
-        layer = root.get_submodule(_raw_path(root, path))
+        where = (component, _raw_path(root, path))
+        if where in names:  # e.g. kohya and PEFT names of one module in one file
+            report.duplicates.append(f"{names[where]} and {name} ({component} {path})")
+            continue
+        names[where] = name
         try:
-            module = module_from_file_tensors(layer, tensors)
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            module = module_from_file_tensors(root.get_submodule(where[1]), tensors)
+        except (ValueError, TypeError, KeyError, RuntimeError, ArithmeticError, IndexError) as exc:
             report.shape_errors.append(f"{name}: {exc}")
             continue
-        built[(component, _raw_path(root, path))] = module
+        built[where] = module
     report.matched = dict(collections.Counter(c for c, _ in built))
     report.algorithms = dict(collections.Counter(m.algo for m in built.values()))
     if not built and not report.shape_errors:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from sdlora import keys
+from sdlora.adapters.validate import checked_tensor
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError
 from sdlora.networks import file_algorithm
@@ -59,6 +60,7 @@ class AdapterFile:
             if not suffix:
                 unknown.append(key)
                 continue
+            value = checked_tensor(path, key, suffix, value)
             if suffix == "dora_scale" and "lora_magnitude_vector" in key:
                 value = value.reshape(-1)  # PEFT's magnitude is per output: (out,) Linear, (1, out, 1, 1) conv
             modules[name][suffix] = value

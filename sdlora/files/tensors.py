@@ -27,6 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from sdlora.errors import AdapterFileError, SdloraError
+from sdlora.files import formats
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -43,9 +44,12 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
         raise AdapterFileError(f"unknown dtype {name!r}; use fp32, fp16 or bf16") from None
 
 
-def _looks_like_pickle(head: bytes) -> bool:
-    # torch.save writes a zip archive ("PK\x03\x04"); older files are a raw pickle (protocol byte 0x80).
-    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+class PickleRefused(AdapterFileError):
+    """A pickle file refused because pickles were not allowed. The sentence names no flag: a caller that has
+    one (``allow_pickle=``, ``--allow-pickle``) adds it with ``with_hint``."""
+
+    def with_hint(self, hint: str) -> "PickleRefused":
+        return PickleRefused(f"{self}, or {hint}")
 
 
 def read_header(path: str | Path) -> tuple[dict, int]:
@@ -61,11 +65,15 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         (n,) = struct.unpack("<Q", head)
         # A safetensors header length can start with a pickle's bytes (e.g. 0x80 as its low byte): only a file
         # that is not plausibly safetensors (length within the file, then a JSON object) is taken for a pickle.
-        if _looks_like_pickle(head) and not (n <= MAX_HEADER and 8 + n <= size and f.read(1) == b"{"):
-            raise AdapterFileError(
+        kind = formats.foreign_kind(path, head)
+        # A safetensors header length can start with a pickle's bytes (e.g. 0x80 as its low byte): only a file
+        # that is not plausibly safetensors (length within the file, then a JSON object) is taken for another format.
+        if kind is not None and not (n <= MAX_HEADER and 8 + n <= size and f.read(1) == b"{"):
+            if kind != "pickle":
+                raise AdapterFileError(formats.foreign_sentence(path, kind))
+            raise PickleRefused(
                 f"{path}: this is a pickle (.ckpt/.pt) file, not safetensors; pickle files can run code when "
-                "loaded, so sdlora refuses them by default. Convert it to .safetensors, or pass --allow-pickle "
-                "(allow_pickle=True) to load its tensors with torch.load(weights_only=True)")
+                "loaded, so sdlora refuses them by default. Convert it to .safetensors with the tool that made it")
         f.seek(8)
         if n > MAX_HEADER:
             raise AdapterFileError(f"{path}: not a safetensors file (header length {n} bytes is larger than the "
@@ -78,6 +86,9 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
+    except RecursionError:  # a crafted header nested thousands of levels deep
+        raise AdapterFileError(f"{path}: not a safetensors file (its header nests too deep to be a tensor "
+                               "table); the file is corrupt or crafted") from None
     except (ValueError, UnicodeDecodeError):
         raise AdapterFileError(f"{path}: not a safetensors file (its header is not valid JSON); "
                                "the file is corrupt or of another format") from None
@@ -85,15 +96,30 @@ def read_header(path: str | Path) -> tuple[dict, int]:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            begin, stop = info["data_offsets"]
-            end = max(end, int(stop))
-        except (KeyError, TypeError, ValueError):
-            raise AdapterFileError(f"{path}: not a valid safetensors file (tensor {key!r} has no data offsets)") from None
+        end = max(end, _data_end(path, key, info))
     if 8 + n + end > size:
         raise AdapterFileError(f"{path}: truncated: tensor data needs {8 + n + end} bytes but the file holds "
                                f"{size}; download or save it again")
     return header, n
+
+
+def _data_end(path: Path, key: str, info: object) -> int:
+    """The end offset of one tensor's data, checked: two whole numbers 0 <= begin <= end (JSON allows
+    Infinity, NaN, fractions and huge numbers, which a crafted header may hold)."""
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2):
+        raise AdapterFileError(f"{path}: not a valid safetensors file (tensor {key!r} has no data offsets)")
+    begin, stop = offsets
+    if not all(type(v) is int for v in offsets) or not 0 <= begin <= stop:
+        raise AdapterFileError(f"{path}: not a valid safetensors file (tensor {key!r} has the data offsets "
+                               f"{_short(offsets)}; they must be two whole numbers 0 <= begin <= end); the "
+                               "file is corrupt or crafted")
+    return stop
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -112,7 +138,7 @@ def read_tensors(path: str | Path, *, allow_pickle: bool = False, check_finite: 
     try:
         header, _ = read_header(path)
     except AdapterFileError:
-        if allow_pickle and path.is_file() and _looks_like_pickle(path.read_bytes()[:8]):
+        if allow_pickle and path.is_file() and formats.foreign_kind(path, path.read_bytes()[:8]) == "pickle":
             return _read_pickle(path, check_finite)
         raise
     data = path.read_bytes()
@@ -142,7 +168,9 @@ def _read_pickle(path: Path, check_finite: bool) -> tuple[dict[str, torch.Tensor
 
 
 def check_tensors_finite(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    # torch has no isfinite for 8-bit floats: those are checked upcast
+    bad = [k for k, t in tensors.items() if t.is_floating_point()
+           and not torch.isfinite(t.float() if t.element_size() == 1 else t).all()]
     if bad:
         raise AdapterFileError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {bad[0]}); the "
                                "adapter is broken — retrain or use an earlier checkpoint of it")

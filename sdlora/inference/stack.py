@@ -200,6 +200,7 @@ class AdapterStack:
             raise AdapterFileError(f"an adapter named {name!r} is already in the stack; remove it first or give "
                                    "another name")
         bw = blocks.parse_block_weights(block_weights, self.model.family) if block_weights is not None else None
+        source = source if isinstance(source, AdapterFile) else AdapterFile.read(source)  # no pickles here
         network, report = load_adapter(source, self.model.components(), self.model.family,
                                        strict=self.strict if strict is None else strict, attach=False)
         network.to(self.model.unet.device)
