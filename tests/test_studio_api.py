@@ -95,6 +95,7 @@ def test_token_is_required_on_every_request_when_set(root):
         assert c.get("/api/health", headers={"X-Sdlora-Token": "s3cret"}).status_code == 200
         assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/api/health", params={"token": "s3cret"}).status_code == 200
+        assert c.get("/api/jobs/1/events", params={"token": "s3cret"}).status_code == 404  # past the guard: no job 1
         # the index page sets a cookie from ?token=, which the module scripts then carry
         assert c.get("/", params={"token": "s3cret"}).status_code == 200
         assert c.get("/static/app.js").status_code == 200
