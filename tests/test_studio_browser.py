@@ -164,6 +164,8 @@ def test_stop_then_resume_gives_the_uninterrupted_adapter_bit_for_bit(page, serv
     assert reference.is_file()  # the uninterrupted 30-step run above
     _train(page, base, out_dir="runs/resumed")
     _until(page, "parseInt(document.querySelector('[data-stat=\"step\"]')?.textContent) >= 3", timeout=120_000)
+    page.click("#sample-now")  # samples are drawn off the training's RNG: the run stays bit-identical
+    _until(page, "document.querySelectorAll('#samples img.sample').length > 0", timeout=60_000)
     page.click("#save-now")
     _until(page, "document.getElementById('log')?.textContent.includes('[saved ')", timeout=60_000)
     page.click("#stop")
@@ -171,6 +173,7 @@ def test_stop_then_resume_gives_the_uninterrupted_adapter_bit_for_bit(page, serv
     step = int(page.inner_text('[data-stat="step"]').split("/")[0])
     assert 3 <= step < 30
     assert any((root / "runs/resumed").glob("state-*/trainer.json"))
+    assert len(list((root / "runs/resumed/samples").glob("*.png"))) >= 1  # "sample now", before step 30
     _until(page, "document.getElementById('resume')?.disabled === false")
     page.click("#resume")
     _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=180_000)
