@@ -316,6 +316,19 @@ def test_event_log_and_control_file(tmp_path):
     again.close(3, "done")
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 8
 
+    from sdlora.studio.api_jobs import job_events
+
+    path = tmp_path / "events.jsonl"
+    assert [e["kind"] for e in job_events(tmp_path, path)] == ["start", "step", "step", "sample", "save", "end",
+                                                               "start", "end"]
+    with open(path, "a") as f:
+        f.write('{"kind": "step", "step": 4, "total": 3}\n{"kind": "st')  # a line still being written
+    assert [e["kind"] for e in job_events(tmp_path, path)][-1] == "step"  # read on from where it stopped
+    fresh = EventLog(tmp_path, total=2, initial=0)  # a fresh run starts the file anew
+    for step in range(1, 12):  # longer than what was read of the old file
+        fresh.step(step, 0.1, {"unet": 1e-3}, None)
+    assert [e.get("step") for e in job_events(tmp_path, path)] == list(range(12))
+
     control.request(tmp_path, "save")  # made before the trainer starts: not for it
     c = control.Control(tmp_path)
     assert c.poll() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,34 @@ def summary(root: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
             "ended": next((e["status"] for e in reversed(events) if e["kind"] == "end"), None)}
 
 
+_parsed: dict[str, tuple[bytes, int, list[dict[str, Any]]]] = {}  # file -> (first line, bytes read, events)
+_parsed_lock = threading.Lock()
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.readline(200)
+    except OSError:
+        return b""
+
+
+def job_events(root: Path, path: Path | None) -> list[dict[str, Any]]:
+    """A training's events so far; each file is read once, then only what was added (a long training's
+    file has a line per step). A file started anew (another first line: a fresh run) is read from the start."""
+    if path is None:
+        return []
+    with _parsed_lock:
+        head = _head(path)
+        seen, offset, events = _parsed.get(str(path), (b"", 0, []))
+        if head != seen:
+            offset, events = 0, []
+        lines, new_offset, reset = read_lines(path, offset)
+        events = _parse(root, lines) if reset else events + _parse(root, lines)
+        _parsed[str(path)] = (head, new_offset, events)
+        return events
+
+
 def _resumable(job: dict[str, Any]) -> bool:
     out = job.get("out_dir")
     return job["kind"] == "train" and job["status"] in FINISHED and job["status"] != "done" and bool(out) and \
@@ -110,8 +139,7 @@ def describe(studio, job: dict[str, Any], with_events: bool = False) -> dict[str
     out.pop("log_path", None)
     out["resumable"] = _resumable(job)
     if job["kind"] == "train":
-        lines, _, _ = read_lines(_events_path(job), 0)
-        events = _parse(studio.root, lines)
+        events = job_events(studio.root, _events_path(job))
         out["progress"] = summary(studio.root, events)
         if with_events:
             out["points"] = [{"step": e["step"], "loss": e.get("loss"), "lr": e.get("lr")}
@@ -190,11 +218,18 @@ async def events(request: Request, job_id: int) -> StreamingResponse:
     _job(studio, job_id)
 
     async def stream():
-        ev_off, log_off, seen_status = 0, 0, None
+        ev_off, log_off, seen_status, head = 0, 0, None, b""
         log_path = studio.runner.log_path(job_id)
         while True:
             job = studio.store.get(job_id)
-            lines, ev_off, reset = read_lines(_events_path(job), ev_off)
+            path = _events_path(job)
+            started_anew = path is not None and ev_off > 0 and _head(path) != head
+            if started_anew:  # a fresh run rewrote the file since the last tick
+                ev_off = 0
+            lines, ev_off, reset = read_lines(path, ev_off)
+            reset = reset or started_anew
+            if path is not None and lines:
+                head = _head(path)
             log, log_off, _ = read_lines(log_path, log_off)
             log = log_lines(log)
             new = _parse(studio.root, lines)
