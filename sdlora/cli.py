@@ -36,12 +36,12 @@ def action(target: str) -> Callable[[argparse.Namespace], int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
+    try:  # Ctrl+C at any point, start-up (parsing, the action's imports) included, is one line
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         return int(action(args.func)(args) or 0)
     except SdloraError as exc:
         print(f"sdlora: error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ OUTALL, ALL0.5. NONE and ALL also work for SDXL.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,18 @@ PRESETS_17: dict[str, list[float]] = {
 }
 
 
+def finite_strength(value: Any, what: str) -> float:
+    """``value`` as a float; ConfigError naming ``what`` (e.g. "--lora style.safetensors:nan: the strength")
+    for a value that is not a number or is NaN/Inf (it would turn every adapted weight into NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r} is not a number; give e.g. 0.8") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} is {value!r}; strengths and block weights must be finite numbers, e.g. 0.8")
+    return number
+
+
 def _vector(spec: str | Sequence[float], family: str) -> list[float]:
     if not isinstance(spec, str):
         return [float(v) for v in spec]
@@ -67,7 +80,7 @@ def _vector(spec: str | Sequence[float], family: str) -> list[float]:
 def parse_block_weights(spec: str | Sequence[float], family: str) -> dict[str, float]:
     """{block id: weight} over every block of ``family`` (26 ids for SD1/SD2, 20 for SDXL) from a vector
     (comma-separated text or numbers) or a preset name. Raises ConfigError naming the allowed lengths."""
-    values = _vector(spec, family)
+    values = [finite_strength(v, f"block weight {i + 1} of {spec!r}") for i, v in enumerate(_vector(spec, family))]
     ids = VECTORS[family].get(len(values))
     if ids is None:
         sizes = " or ".join(str(n) for n in VECTORS[family])

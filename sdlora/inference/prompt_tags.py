@@ -8,6 +8,7 @@ extension reads it. Tags are removed from the prompt the model sees. NAME is a f
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ def _parse(inner: str, text: str) -> Tag:
         unet = float(named.get("unet", unet))
     except ValueError:
         raise ConfigError(f"{text}: strengths must be numbers, e.g. <lora:{items[0]}:0.8>") from None
+    if not (math.isfinite(te) and math.isfinite(unet)):
+        raise ConfigError(f"{text}: strengths must be finite numbers (not nan or inf), e.g. <lora:{items[0]}:0.8>")
     return Tag(items[0], te, unet, named.get("lbw") or named.get("w"), text)
 
 
@@ -61,21 +64,41 @@ def format_tag(name: str, strength: float, te_strength: float, block_weights: st
 
 
 def resolve(name: str, lora_dir: str | Path | None) -> Path:
-    """The adapter file a tag names. Raises AdapterFileError saying where it looked."""
+    """The adapter file a tag names, inside ``lora_dir`` only: NAME may hold sub-folders (``styles/ink``)
+    but no ``..`` and no absolute path, and a candidate whose resolved path (symlinks followed) leaves the
+    folder is not used; nothing outside the folder is opened. Raises AdapterFileError saying where it looked."""
     if lora_dir is None:
         raise AdapterFileError(f"the prompt names <lora:{name}> but no adapter folder was given; pass "
                                "--lora-dir DIR (lora_dir= in Python)")
     folder = Path(lora_dir).expanduser()
     if not folder.is_dir():
         raise AdapterFileError(f"--lora-dir {folder}: no such folder")
-    for candidate in (folder / name, folder / f"{name}.safetensors"):
-        if candidate.is_file():
+    relative = Path(name.replace("\\", "/"))
+    if relative.is_absolute() or relative.drive or ".." in relative.parts:
+        raise AdapterFileError(f"<lora:{name}>: a tag names an adapter inside --lora-dir ({folder}), by its "
+                               "name or a sub-folder path without '..'; put the file in that folder")
+    root = folder.resolve()
+    for candidate in (folder / relative, folder / f"{relative}.safetensors"):
+        if candidate.is_file() and _inside(candidate, root):
             return candidate
-    found = sorted(p for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES and p.stem == Path(name).name)
+    found = sorted(p for p in _adapters(folder, root) if p.stem == relative.name)
     if found:
         return found[0]
-    known = sorted(p.stem for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES)
+    known = sorted(p.stem for p in _adapters(folder, root))
     shown = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
     raise AdapterFileError(f"<lora:{name}> is not found: no {name}.safetensors in {folder} "
                            f"(it holds: {shown or 'no adapter files'}). Check the name, or pass --lora-dir with "
-                           "the folder that holds it")
+                           "the folder that holds it (links that lead out of it are not followed)")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path``, symlinks resolved, lies in ``root`` (itself resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _adapters(folder: Path, root: Path) -> list[Path]:
+    """Adapter files below ``folder`` whose resolved paths stay inside it."""
+    return [p for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES and p.is_file() and _inside(p, root)]

@@ -73,11 +73,10 @@ def parse_adapter_arg(text: str) -> AdapterSpec:
     unknown = set(named) - {"lbw", "te"}
     if unknown or len(numbers) > 2:
         raise ConfigError(f"--lora {text!r}: give FILE[:STRENGTH[:TE_STRENGTH]][:lbw=WEIGHTS]")
-    strength = numbers[0] if numbers else 1.0
-    try:
-        te = numbers[1] if len(numbers) > 1 else (float(named["te"]) if "te" in named else None)
-    except ValueError:
-        raise ConfigError(f"--lora {text!r}: te= takes a number") from None
+    strength = blocks.finite_strength(numbers[0], f"--lora {text!r}: the strength") if numbers else 1.0
+    te = numbers[1] if len(numbers) > 1 else named.get("te")
+    if te is not None:
+        te = blocks.finite_strength(te, f"--lora {text!r}: the text-encoder strength")
     return AdapterSpec(path, strength, te, named.get("lbw"))
 
 
@@ -199,6 +198,8 @@ class AdapterStack:
         if name in self.adapters:
             raise AdapterFileError(f"an adapter named {name!r} is already in the stack; remove it first or give "
                                    "another name")
+        strength = blocks.finite_strength(strength, f"{name}: the strength")
+        te_strength = None if te_strength is None else blocks.finite_strength(te_strength, f"{name}: te_strength")
         bw = blocks.parse_block_weights(block_weights, self.model.family) if block_weights is not None else None
         source = source if isinstance(source, AdapterFile) else AdapterFile.read(source)  # no pickles here
         network, report = load_adapter(source, self.model.components(), self.model.family,
@@ -222,9 +223,10 @@ class AdapterStack:
         weights (None: none). Touches only this adapter's modules (and, when fused, their layers)."""
         adapter = self[name]
         if strength is not None:
-            adapter.strength = float(strength)
+            adapter.strength = blocks.finite_strength(strength, f"{name}: the strength")
         if te_strength is not _KEEP:
-            adapter.te_strength = _opt_float(te_strength)
+            adapter.te_strength = None if te_strength is None else \
+                blocks.finite_strength(te_strength, f"{name}: te_strength")
         if block_weights is not _KEEP:
             adapter.block_weights = None if block_weights is None else \
                 blocks.parse_block_weights(block_weights, self.model.family)

@@ -28,7 +28,7 @@ from sdlora import models
 from sdlora.files import streaming
 from sdlora.models import tokenizers
 from sdlora.adapters import AdapterFile, load_adapter
-from sdlora.errors import ModelError
+from sdlora.errors import AdapterFileError, ModelError
 from sdlora.networks import AdapterModule, Network
 from sdlora.inference.stack import AdapterSpec, block_factors, module_multiplier
 from sdlora.networks.fold import fold_bias, fold_weight
@@ -161,8 +161,10 @@ def load_networks(source: Source, specs: Sequence[AdapterSpec], *, strict: bool 
         network, _ = load_adapter(af, comps, source.family, strict=strict, attach=False)
         bw = blocks.parse_block_weights(spec.block_weights, source.family) if spec.block_weights is not None \
             else None
+        strength = blocks.finite_strength(spec.strength, f"{spec.path}: the strength")
+        te = None if spec.te_strength is None else blocks.finite_strength(spec.te_strength, f"{spec.path}: te_strength")
         for module, component, w in block_factors(network, bw, unet_config):
-            module.multiplier = module_multiplier(component, float(spec.strength), spec.te_strength, w)
+            module.multiplier = module_multiplier(component, strength, te, w)
         out.append((spec, network, af))
     return out
 
@@ -194,12 +196,24 @@ def baked_getter(source: Source, groups: dict[tuple[str, str], list[AdapterModul
         if param == "weight":
             # fold_weight casts back to the dtype it is given, exactly as the writer would cast a float32
             # result; given the stored tensor it also sums into its own float32 copy (no extra copy).
-            return fold_weight(t if dtype in (None, t.dtype) else t.float(), mods)
+            return _finite(component, key, t, fold_weight(t if dtype in (None, t.dtype) else t.float(), mods), dtype)
         if param == "bias":
-            return fold_bias(t.float(), mods)
+            return _finite(component, key, t, fold_bias(t.float(), mods), dtype)
         return t
 
     return get
+
+
+def _finite(component: str, key: str, base: torch.Tensor, baked: torch.Tensor, dtype: torch.dtype | None
+            ) -> torch.Tensor:
+    """``baked``, or AdapterFileError when it (cast to the output ``dtype``) holds NaN/Inf that ``base`` did
+    not: raised while the temporary output is written, so nothing is renamed into place."""
+    written = baked if dtype is None or not baked.is_floating_point() else baked.to(dtype)
+    if written.is_floating_point() and not torch.isfinite(written).all() and torch.isfinite(base).all():
+        raise AdapterFileError(f"baking {component} {key} gives NaN or Inf values (the base weight is finite); "
+                               "an adapter's strength is too large for the output dtype or the adapter is broken. "
+                               "Nothing was written; lower the strength or bake in fp32")
+    return baked
 
 
 # --------------------------------------------------------------------------------------------- bake

@@ -1,6 +1,7 @@
 """What `sdlora generate` does once its options (sdlora/commands/generate.py) are parsed."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -39,11 +40,26 @@ def _note(lines: list[str]) -> None:
         print(f"sdlora: note: {line}", file=sys.stderr)
 
 
+def _check_numbers(args) -> None:
+    """Steps, size, CFG and the output folder: a sentence before any model is opened."""
+    if args.steps < 1:
+        raise ConfigError(f"--steps {args.steps}: give 1 or more sampling steps (20 is usual)")
+    for flag, value in (("--width", args.width), ("--height", args.height)):
+        if value is not None and (value < 8 or value % 8):
+            raise ConfigError(f"{flag} {value}: give a multiple of 8 (the VAE works on 8x8 pixel cells), "
+                              f"e.g. {max(8, value // 8 * 8)}")
+    if not math.isfinite(args.cfg):
+        raise ConfigError(f"--cfg {args.cfg}: give a finite guidance scale (7 is usual)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: this is a file; --out names a folder for the PNGs")
+
+
 def _check_args(args) -> None:
     if args.prompt is None and args.from_png is None:
         raise ConfigError("give --prompt TEXT (or --from-png IMAGE.png to re-render an image from its parameters)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give 1 or more images per pass")
+    _check_numbers(args)
     if args.sweep or args.sweep_lora:
         clash = [flag for flag, on in (("--from-png", args.from_png), ("--init-image", args.init_image),
                                        ("--mask", args.mask), ("--batch-size", args.batch_size > 1)) if on]

@@ -113,6 +113,9 @@ def render(info: dict) -> str:
 
 
 def run(args) -> int:
-    info = inspect_file(args.file, allow_pickle=args.allow_pickle)
+    try:
+        info = inspect_file(args.file, allow_pickle=args.allow_pickle)
+    except files.PickleRefused as exc:
+        raise exc.with_hint("pass --allow-pickle to read its tensors with torch.load(weights_only=True)") from None
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
