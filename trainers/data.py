@@ -14,6 +14,7 @@ already hold it (never in regularisation captions).
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import os
 import re
@@ -201,6 +202,67 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+# Image formats a user may have that sdlora does not read: named in the report instead of passed over
+OTHER_IMAGE_EXTENSIONS = (".jfif", ".jpe", ".heic", ".heif", ".avif", ".jxl", ".psd", ".svg", ".tga", ".exr",
+                          ".ico", ".dng", ".cr2", ".nef", ".arw")
+
+
+def _broken_link(p: Path) -> str | None:
+    """Why ``p`` is a link that leads nowhere (a loop or a missing target), else None."""
+    if not p.is_symlink():
+        return None
+    try:
+        p.stat()
+    except OSError as exc:
+        return "a symlink loop" if exc.errno == errno.ELOOP else "a dangling symlink (its target is missing)"
+    except RuntimeError:
+        return "a symlink loop"
+    return None
+
+
+def _images_in(folder: Path, report: "DataReport") -> list[Path]:
+    """The images of one folder, by name; broken links and images of unsupported formats are named in
+    ``report.skipped``."""
+    images = []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith("."):
+            continue
+        broken = _broken_link(p)
+        if broken:
+            report.skipped.append((p, f"{broken}; skipped"))
+        elif p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and p.is_file():
+            report.skipped.append((p, f"{p.suffix} images are not read (use {', '.join(IMAGE_EXTENSIONS)}); a .jfif "
+                                      "is a JPEG: rename it to .jpg; convert HEIC/AVIF and others to PNG or JPEG"))
+        elif _is_image(p):
+            images.append(p)
+    return images
+
+
+def _subset_folders(root: Path, report: "DataReport") -> list[Path]:
+    """The sub-folders of a dataset folder that may be kohya subsets. One that resolves (through a link) to
+    the folder itself or to a folder already listed is named in ``report.skipped`` and left out: a
+    ``10_x -> .`` link would otherwise train the root's images ten more times."""
+    seen = {root.resolve()}
+    out = []
+    for child in sorted(root.iterdir(), key=lambda p: p.name):
+        if child.name.startswith("."):
+            continue
+        broken = _broken_link(child)
+        if broken:
+            report.skipped.append((child, f"{broken}; skipped"))
+            continue
+        if not child.is_dir():
+            continue
+        real = child.resolve()
+        if real in seen:
+            report.skipped.append((child, f"links to {display_path(real)}, a folder already in the dataset; "
+                                          "skipped so that its images are not trained twice"))
+            continue
+        seen.add(real)
+        out.append(child)
+    return out
+
+
 def read_caption(image: Path, extension: str) -> str | None:
     """The caption beside ``image`` (None when there is no caption file); lines joined with ', '."""
     for ext in dict.fromkeys((extension,) + CAPTION_EXTENSIONS):
@@ -231,7 +293,7 @@ def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
         if not root.is_dir():
             raise DatasetError(f"{where} = {str(root)!r}: no such folder; point it at a folder of images")
         folders: list[tuple[Path, int | None, str]] = [(root, None, "")]
-        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for child in _subset_folders(root, report):
             m = _KOHYA_FOLDER.match(child.name)
             if m and int(m.group(1)) > 0:
                 folders.append((child, int(m.group(1)), m.group(2).strip()))
@@ -239,7 +301,7 @@ def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
                 report.ignored_folders.append(child)
         found = 0
         for folder, repeats, folder_caption in folders:
-            images = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+            images = _images_in(folder, report)
             found += len(images)
             if not images and folder is root and len(folders) > 1:
                 continue  # a kohya root holding only N_name folders
