@@ -21,7 +21,9 @@ from sdlora import cli, models
 from sdlora.adapters import AdapterFile, load_adapter
 from sdlora.adapters.write import module_name
 from sdlora.errors import AdapterFileError, ConfigError
+from sdlora.files import tensors as files
 from sdlora.inference import prompt_tags
+from sdlora.inference.pnginfo import locate_adapters
 from sdlora.inference.generate import generate
 from sdlora.inference.stack import AdapterSpec, AdapterStack
 from sdlora.tools.bake import bake
@@ -179,7 +181,8 @@ def test_fp8_adapter_loads_upcast_like_its_float32_copy(world, model, capsys, tm
 
 
 # --------------------------------------------------------------------------------- non-finite values
-@pytest.mark.parametrize("spec", ["nan", "1e309", "-inf", "1:nan", "0.5:inf", "lbw=" + ",".join(["1"] * 16 + ["nan"])])
+@pytest.mark.parametrize("spec", ["nan", "1e309", "-inf", "1:nan", "0.5:inf",
+                                  "lbw=" + ",".join(["1"] * 16 + ["nan"])])
 def test_cli_bake_refuses_non_finite_strengths(spec, world, capsys, tmp_path):
     out = tmp_path / "baked.safetensors"
     rc, err = _cli(capsys, "bake", *_model_args(world), "--lora", f"{world['valid']}:{spec}", "--out", out, "--quiet")
@@ -226,7 +229,7 @@ def test_prompt_tags_resolve_inside_the_lora_dir_only(world, model, capsys, tmp_
     (loras / "styles").mkdir(parents=True)
     outside.mkdir()
     secret = outside / "secret.safetensors"
-    secret.write_bytes(world["valid"].read_bytes())
+    st.save_file({k: v * 2 for k, v in st.load_file(world["valid"]).items()}, secret)  # its own hash
     (loras / "styles" / "ink.safetensors").write_bytes(world["valid"].read_bytes())
     (loras / "leak.safetensors").symlink_to(secret)  # a link inside that leads out
     (loras / "up").symlink_to(outside, target_is_directory=True)
@@ -238,6 +241,11 @@ def test_prompt_tags_resolve_inside_the_lora_dir_only(world, model, capsys, tmp_
     for name in ("leak", "up/secret", "secret"):
         with pytest.raises(AdapterFileError, match=r"is not found: .*it holds: ink\)"):
             prompt_tags.resolve(name, loras)
+    assert prompt_tags.adapter_files(loras) == [loras / "styles" / "ink.safetensors"]
+    # a re-render looks adapters up by hash: the link that leads out is not hashed, so not found
+    secret_hash = files.short_hash(secret)
+    with pytest.raises(AdapterFileError, match=f"not in {loras}: secret \\(hash {secret_hash}\\)"):
+        locate_adapters(["secret"], {"secret": secret_hash}, loras)
     snap = _snapshot(model)
     with pytest.raises(AdapterFileError, match="without"):
         generate(model, "a cat <lora:../outside/secret:1>", lora_dir=loras, steps=1, progress=False)

@@ -158,7 +158,7 @@ def locate_adapters(names: list[str], hashes: dict[str, str], lora_dir: str | Pa
             path = None
         if want and (path is None or files.short_hash(path) != want):
             if by_hash is None:
-                by_hash = {files.short_hash(p): p for p in sorted(folder.rglob("*.safetensors"))}
+                by_hash = {files.short_hash(p): p for p in sorted(prompt_tags.adapter_files(folder, (".safetensors",)))}
             if want in by_hash:
                 if path is not None or by_hash[want].stem != name:
                     notes.append(f"{name}: found by its hash {want} as {by_hash[want].name}")

@@ -81,10 +81,10 @@ def resolve(name: str, lora_dir: str | Path | None) -> Path:
     for candidate in (folder / relative, folder / f"{relative}.safetensors"):
         if candidate.is_file() and _inside(candidate, root):
             return candidate
-    found = sorted(p for p in _adapters(folder, root) if p.stem == relative.name)
+    found = sorted(p for p in adapter_files(folder) if p.stem == relative.name)
     if found:
         return found[0]
-    known = sorted(p.stem for p in _adapters(folder, root))
+    known = sorted(p.stem for p in adapter_files(folder))
     shown = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
     raise AdapterFileError(f"<lora:{name}> is not found: no {name}.safetensors in {folder} "
                            f"(it holds: {shown or 'no adapter files'}). Check the name, or pass --lora-dir with "
@@ -99,6 +99,8 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _adapters(folder: Path, root: Path) -> list[Path]:
-    """Adapter files below ``folder`` whose resolved paths stay inside it."""
-    return [p for p in folder.rglob("*") if p.suffix in ADAPTER_SUFFIXES and p.is_file() and _inside(p, root)]
+def adapter_files(folder: str | Path, suffixes: tuple[str, ...] = ADAPTER_SUFFIXES) -> list[Path]:
+    """Adapter files below ``folder`` whose resolved paths (symlinks followed) stay inside it."""
+    root = Path(folder).expanduser().resolve()
+    return [p for p in Path(folder).expanduser().rglob("*")
+            if p.suffix in suffixes and p.is_file() and _inside(p, root)]
