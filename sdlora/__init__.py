@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     "open_model": "sdlora.models",
     "AdapterStack": "sdlora.inference.stack",
+    "AdapterSpec": "sdlora.inference.stack",
     "generate": "sdlora.inference.generate",
     "save_png": "sdlora.inference.generate",
     "bake": "sdlora.tools.bake",

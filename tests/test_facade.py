@@ -9,13 +9,13 @@ import pytest
 import sdlora
 from sdlora.adapters import load_adapter, save_adapter
 from sdlora.inference.generate import generate, save_png
-from sdlora.inference.stack import AdapterStack
+from sdlora.inference.stack import AdapterSpec, AdapterStack
 from sdlora.models import open_model
 from sdlora.networks import Network, NetworkConfig
 from sdlora.tools.bake import bake
 from sdlora.trainers import load_config, train
 
-EXPECTED = {"open_model": open_model, "AdapterStack": AdapterStack, "generate": generate, "save_png": save_png,
+EXPECTED = {"open_model": open_model, "AdapterStack": AdapterStack, "AdapterSpec": AdapterSpec, "generate": generate, "save_png": save_png,
             "bake": bake, "load_adapter": load_adapter, "save_adapter": save_adapter, "Network": Network,
             "NetworkConfig": NetworkConfig, "train": train, "load_config": load_config}
 
