@@ -11,7 +11,12 @@ encoder paths always relative to the CLIP text transformer (`encoder.layers.0.se
                      lora_te1_text_model_..., lora_te2_text_model_...
     LyCORIS          lycoris_down_blocks_1_... (its wrapper: "lycoris_" + named_modules() path)
     diffusers/PEFT   unet.down_blocks.1.attentions.0..., text_encoder.text_model.encoder...,
-                     text_encoder_2.text_model.encoder...
+                     text_encoder_2.text_model.encoder...; a PEFT-wrapped model's own save adds
+                     base_model.model. (base_model.model.down_blocks.1..., base_model.model.text_model...)
+    ComfyUI          diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_v (its model's own LDM
+                     keys, as its LoRA save/extract nodes write them), text encoders as
+                     text_encoders.clip_l.transformer.text_model.encoder... (clip_h for SD2, clip_g for
+                     SDXL's second); the loader also takes these without `text_encoders.`
 
 A key is `<module name>.<suffix>`; `split_key` parses it, `alias_table` maps every module name a file may
 use back to (component, path).
@@ -211,6 +216,38 @@ def _kohya_te_prefix(component: str, family: str) -> str:
     return "lora_te2_"
 
 
+# ComfyUI's name of each text encoder per family (its CLIP state dict: `<clip>.transformer.text_model...`).
+COMFY_CLIP: dict[str, dict[str, str]] = {"sd1": {"te1": "clip_l"}, "sd2": {"te1": "clip_h"},
+                                         "sdxl": {"te1": "clip_l", "te2": "clip_g"}}
+COMFY_UNET_PREFIX = "diffusion_model."
+COMFY_TE_PREFIX = "text_encoders."
+PEFT_MODEL_PREFIX = "base_model.model."  # a PEFT-wrapped model's state dict (PeftModel.save_pretrained)
+
+
+def comfy_name(component: str, path: str, family: str, unet_config: Any = None) -> str:
+    """ComfyUI's module name (what its LoRA save/extract nodes write): `diffusion_model.` + the SGM (LDM) path
+    of a UNet module (needs `unet_config`); `text_encoders.<clip>.transformer.text_model.` + a text encoder
+    path, with clip_l (SD1, SDXL te1), clip_h (SD2), clip_g (SDXL te2)."""
+    _check_component(component)
+    if family not in COMFY_CLIP:
+        raise ValueError(f"Unknown model family {family!r}; use one of {', '.join(FAMILIES)}.")
+    path = normalize_module_path(component, path)
+    if component == "unet":
+        sgm = unet_sgm_path(path, unet_config)
+        if sgm is None:
+            raise ValueError(f"The UNet module {path!r} has no LDM name, so ComfyUI cannot name it.")
+        return COMFY_UNET_PREFIX + sgm
+    clip = COMFY_CLIP[family].get(component)
+    if clip is None:
+        raise ValueError(f"Only SDXL has a second text encoder (te2); got family {family!r}.")
+    return f"{COMFY_TE_PREFIX}{clip}.transformer.{_te_full_path(path)}"
+
+
+def comfy_te2(name: str) -> bool:
+    """Whether a module name is ComfyUI's name of SDXL's second text encoder (clip_g)."""
+    return name.removeprefix(COMFY_TE_PREFIX).startswith(COMFY_CLIP["sdxl"]["te2"] + ".")
+
+
 def kohya_name(component: str, path: str, family: str, unet_config: Any = None) -> str:
     """The kohya module name: `lora_unet_` + diffusers path (SD1/SD2) or SGM path (SDXL, needs
     `unet_config`), `lora_te_`/`lora_te1_`/`lora_te2_` + `text_model_` + text encoder path; `.` -> `_`."""
@@ -235,10 +272,14 @@ def alias_table(
     component (e.g. {"unet": [...], "te1": [...]}, paths as in named_modules(); `unet_config` is needed
     for the SGM names). Aliases, with `u` = path with `.` -> `_`:
 
-    unet: lora_unet_<u>, lora_unet_<sgm u>, lycoris_<u>, lycoris_<sgm u>, unet.<path>, <path>
+    unet: lora_unet_<u>, lora_unet_<sgm u>, lycoris_<u>, lycoris_<sgm u>, unet.<path>, <path>,
+          diffusion_model.<sgm path> (ComfyUI), base_model.model.<path> (a PEFT-wrapped UNet)
     te1:  lora_te_ / lora_te1_ + [text_model_]<u>, text_encoder.[text_model.]<path>,
-          and lycoris_[text_model_]<u> when there is no te2 (LyCORIS names do not say which encoder)
-    te2:  lora_te2_[text_model_]<u>, text_encoder_2.[text_model.]<path>
+          [text_encoders.]<clip>.transformer.text_model.<path> (ComfyUI; clip_l, or clip_h for SD2),
+          and lycoris_[text_model_]<u>, base_model.model.[text_model.]<path> when there is no te2 (those
+          names do not say which encoder)
+    te2:  lora_te2_[text_model_]<u>, text_encoder_2.[text_model.]<path>,
+          [text_encoders.]clip_g.transformer.text_model.<path>
     Raises ValueError if two modules would share an alias (a bug, not a user error)."""
     table: dict[str, tuple[str, str]] = {}
 
@@ -261,7 +302,10 @@ def alias_table(
                 for name in names:
                     add("lora_unet_" + name, target)
                     add("lycoris_" + name, target)
+                if sgm is not None:
+                    add(COMFY_UNET_PREFIX + sgm, target)
                 add("unet." + path, target)
+                add(PEFT_MODEL_PREFIX + path, target)
                 add(path, target)  # diffusers' old save_attn_procs files name UNet modules without a prefix
                 continue
             full = _te_full_path(path)
@@ -272,6 +316,12 @@ def alias_table(
             if component == "te1" and te1_lycoris:
                 add("lycoris_" + full.replace(".", "_"), target)
                 add("lycoris_" + u, target)
+                add(PEFT_MODEL_PREFIX + full, target)
+                add(PEFT_MODEL_PREFIX + path, target)
+            clip = COMFY_CLIP.get(family, {}).get(component)
+            if clip is not None:
+                add(f"{COMFY_TE_PREFIX}{clip}.transformer.{full}", target)
+                add(f"{clip}.transformer.{full}", target)
             add(f"{PEFT_PREFIX[component]}.{full}", target)
             add(f"{PEFT_PREFIX[component]}.{path}", target)
     return table

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert an adapter between key formats (kohya, lycoris, peft), losslessly",
+    p = sub.add_parser("convert", help="convert an adapter between key formats (kohya, lycoris, peft, comfy), losslessly",
                        description="Rename keys into another format; every tensor is carried unchanged. A target "
                        "that cannot hold the content (e.g. LoHa to peft) is refused and nothing is written.")
     p.add_argument("file", help="adapter file (.safetensors)")
-    p.add_argument("--to", required=True, choices=("kohya", "lycoris", "peft"), help="target format")
+    p.add_argument("--to", required=True, choices=("kohya", "lycoris", "peft", "comfy"),
+                   help="target format (comfy: ComfyUI's own names, diffusion_model.<LDM path> and text_encoders.<clip>.…)")
     p.add_argument("--unet-names", choices=("sgm", "diffusers"),
                    help="kohya UNet names: sgm (input_blocks_…) or diffusers (down_blocks_…); default: the input's")
     p.add_argument("--model", help="base model folder (only needed for files of non-standard models)")

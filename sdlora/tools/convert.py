@@ -9,6 +9,8 @@ Formats:
   peft     unet.… / text_encoder.… with lora_A / lora_B (diffusers' load_lora_weights, PEFT); plain
            LoRA/LoCon only, DoRA as lora_magnitude_vector (out,); alpha goes to diffusers'
            lora_adapter_metadata (per module via alpha_pattern) and comes back from it.
+  comfy    ComfyUI's own names (what its LoRA save/extract nodes write): diffusion_model. + the UNet's LDM
+           path, text_encoders.clip_l|clip_h|clip_g.transformer.text_model.…; any algorithm.
 A file the target cannot hold is refused before anything is written.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ _DROP = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata", "format
 
 def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | None = None,
             model: ModelLike = None, family: str | None = None) -> Report:
-    """Write ``path``'s adapter to ``out`` in the ``to`` format (kohya, lycoris, peft); tensors unchanged.
+    """Write ``path``'s adapter to ``out`` in the ``to`` format (kohya, lycoris, peft, comfy); tensors unchanged.
 
     Raises AdapterFileError, writing nothing, when the target cannot hold a module (e.g. LoHa to peft)."""
     check_dialect(to, unet_names)

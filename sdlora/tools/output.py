@@ -20,7 +20,7 @@ from sdlora.tools.report import ModuleFit
 from sdlora.tools.sources import UNET_NAMES, kohya_unet_name
 from sdlora.tools.svd import svd_factors
 
-DIALECTS = ("kohya", "lycoris", "peft")
+DIALECTS = ("kohya", "lycoris", "peft", "comfy")
 # Metadata keys that describe the network itself: recomputed for every written file.
 _NETWORK_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
                  "modelspec.architecture", "sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata",
@@ -62,10 +62,16 @@ def output_name(key: Key, ref: Reference, dialect: str, unet_names: str | None) 
              lora_te_/lora_te1_/lora_te2_text_model_…
     lycoris: "lycoris_" + the layer's named_modules path (LyCORIS's own wrapper, one model per name space)
     peft:    unet.… / text_encoder.text_model.… / text_encoder_2.text_model.…
+    comfy:   diffusion_model.<LDM path> / text_encoders.clip_l|clip_h|clip_g.transformer.text_model.…
     """
     component, path = key
     if dialect == "peft":
         return keys.peft_name(component, path)
+    if dialect == "comfy":
+        try:
+            return keys.comfy_name(component, path, ref.family, ref.unet_config)
+        except ValueError as exc:
+            raise AdapterFileError(f"{exc} Convert to kohya instead") from None
     if dialect == "lycoris":
         if component == "te2" or (component == "te1" and "te2" in ref.models):
             raise AdapterFileError("LyCORIS's own names (lycoris_…) cannot tell SDXL's two text encoders apart; "
