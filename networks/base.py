@@ -69,6 +69,8 @@ class AdapterModule(nn.Module):
     # File facts: the tensor names whose presence identifies the algorithm in a file (after the ones of the
     # algorithms registered before it), and the one that marks its Tucker form.
     file_suffixes: ClassVar[tuple[str, ...]] = ()
+    # The DoRA magnitude tensor every algorithm may carry: (out, 1, ...) in kohya/LyCORIS files.
+    dora_suffix: ClassVar[str] = "dora_scale"
     tucker_suffix: ClassVar[str | None] = None
     # delta() builds a new tensor (False where it returns a parameter): delta_weight may then scale it in place
     fresh_delta: ClassVar[bool] = True

@@ -150,11 +150,11 @@ def module_from_file_tensors(layer: nn.Module, tensors: dict[str, torch.Tensor])
     tensors = dict(tensors)
     for k in ("scale", "on_input"):
         tensors.pop(k, None)
-    if algo == "lora" and ("lora_down.weight" not in tensors or "lora_up.weight" not in tensors):
-        raise ValueError("a LoRA module needs both lora_down and lora_up")
-    dora = tensors.get("dora_scale")
-    if dora is not None and dora.dim() == 1:  # PEFT's lora_magnitude_vector: (out,)
-        tensors["dora_scale"] = dora.reshape(-1, *[1] * (layer.weight.dim() - 1))
+    if algo == "lora" and not all(s in tensors for s in ALGORITHMS["lora"].file_suffixes):
+        raise ValueError("a LoRA module needs both " + " and ".join(n.removesuffix(".weight") for n in ALGORITHMS["lora"].file_suffixes))
+    dora = tensors.get(AdapterModule.dora_suffix)
+    if dora is not None and dora.dim() == 1:  # PEFT's magnitude vector: (out,)
+        tensors[AdapterModule.dora_suffix] = dora.reshape(-1, *[1] * (layer.weight.dim() - 1))
     if algo == "norm" and not isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
         raise ValueError(f"w_norm/b_norm target a norm layer, not {type(layer).__name__}")
     if algo in ("lora", "loha", "lokr", "full") and isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):

@@ -80,7 +80,7 @@ def dora_shape(mag: Tensor, weight: Tensor) -> tuple[int, ...]:
 def tool_module(layer: nn.Module, tensors: dict[str, Tensor], where: str = "") -> AdapterModule:
     """An adapter module on ``layer`` (a meta layer is fine) holding ``tensors``, DoRA magnitude included."""
     tensors = {k: v for k, v in tensors.items() if k not in ("scale", "on_input")}
-    mag = tensors.pop("dora_scale", None)
+    mag = tensors.pop(AdapterModule.dora_suffix, None)
     try:
         module = module_from_file_tensors(layer, tensors)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
@@ -98,5 +98,5 @@ def algo_of(tensors: dict[str, Tensor]) -> str:
     algo = cls.algo if cls is not None else "?"
     if cls is not None and cls.tucker_suffix is not None and cls.tucker_suffix in tensors:
         algo += "+tucker"
-    return algo + ("+dora" if "dora_scale" in tensors else "")
+    return algo + ("+dora" if AdapterModule.dora_suffix in tensors else "")
 

@@ -142,17 +142,18 @@ def _concat(layer, key: Key, parts: list[tuple[float, ResolvedFile]], deltas: li
     if total.weight is None:
         return lora_module(layer, total, None, None, 1.0, dtype, name)
     ups, downs = [], []
+    down_key, up_key = LoRAModule.file_suffixes
     shape = tuple(layer.weight.shape)
     for (w, src), d in zip(parts, deltas):
         if d.weight is None:  # a bias-only part: its diff_b is in total.bias
             continue
         tensors = src.modules[key]
-        down = tensors["lora_down.weight"].float()
+        down = tensors[down_key].float()
         r = down.shape[0]
         downs.append(down.reshape(r, *shape[1:]))
-        ups.append(tensors["lora_up.weight"].float().reshape(shape[0], r, *[1] * (len(shape) - 2)) * (w * d.gamma / gamma))
+        ups.append(tensors[up_key].float().reshape(shape[0], r, *[1] * (len(shape) - 2)) * (w * d.gamma / gamma))
     up, down = torch.cat(ups, 1), torch.cat(downs, 0)
-    tensors = {"lora_down.weight": down.to(dtype), "lora_up.weight": up.to(dtype),
+    tensors = {down_key: down.to(dtype), up_key: up.to(dtype),
                "alpha": torch.tensor(gamma * down.shape[0], dtype=torch.float32)}
     if total.bias is not None:
         tensors["diff_b"] = total.bias.to(dtype)
