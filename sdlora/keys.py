@@ -248,6 +248,35 @@ def comfy_te2(name: str) -> bool:
     return name.removeprefix(COMFY_TE_PREFIX).startswith(COMFY_CLIP["sdxl"]["te2"] + ".")
 
 
+# Where kohya's own LoRA (networks.lora) puts modules: the UNet's Transformer2DModel blocks and (with conv_dim) its
+# ResnetBlock2D / Downsample2D / Upsample2D blocks, the text encoders' CLIPAttention and CLIPMLP. Anything else
+# (conv_in, conv_out, time/add embeddings, norms, embeddings) is "no module found" there.
+_KOHYA_UNET_BLOCKS = re.compile(r"^(down_blocks\.\d+\.(attentions|resnets|downsamplers)|mid_block\.(attentions|resnets)"
+                                r"|up_blocks\.\d+\.(attentions|resnets|upsamplers))\.\d+\.")
+_KOHYA_TE_BLOCKS = re.compile(r"^encoder\.layers\.\d+\.(self_attn|mlp)\.")
+
+
+def kohya_network_covers(component: str, path: str) -> bool:
+    """Whether kohya's own LoRA network (sd-scripts networks/lora.py, which A1111 and kohya's merge/resize also
+    follow) has a module at (component, path); modules outside it need the LyCORIS loader."""
+    path = normalize_module_path(component, path)
+    pattern = _KOHYA_UNET_BLOCKS if component == "unet" else _KOHYA_TE_BLOCKS
+    return pattern.match(path) is not None
+
+
+_KOHYA_OUTSIDE = re.compile(
+    r"^(lora_unet_|lycoris_|unet\.|diffusion_model\.|base_model\.model\.)?"
+    r"(conv_in|conv_out|time_embed|time_embedding|add_embedding|label_emb|input_blocks[._]0[._]0|out[._]2)([._]|$)"
+    r"|^(lora_te[12]?_|text_encoders?(_2)?\.|(clip_[lhg]\.transformer\.))?(text_model[._])?"
+    r"(embeddings|final_layer_norm|text_projection)([._]|$)")
+
+
+def outside_kohya_network(name: str) -> bool:
+    """Whether a module name as written in a file (any dialect) names a layer kohya's own LoRA network has no
+    module for (conv_in, conv_out, time/add embeddings, text embeddings / final norm / projection)."""
+    return _KOHYA_OUTSIDE.match(name.removeprefix(COMFY_TE_PREFIX)) is not None
+
+
 def kohya_name(component: str, path: str, family: str, unet_config: Any = None) -> str:
     """The kohya module name: `lora_unet_` + diffusers path (SD1/SD2) or SGM path (SDXL, needs
     `unet_config`), `lora_te_`/`lora_te1_`/`lora_te2_` + `text_model_` + text encoder path; `.` -> `_`."""
@@ -384,3 +413,28 @@ def split_key(key: str) -> tuple[str, str]:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1], SUFFIXES[suffix]
     return key, ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# a module name's dialect and component by prefix; PEFT's tensor names
+
+LYCORIS_PREFIX = "lycoris_"
+# kohya's canonical suffix -> the name a diffusers/PEFT file gives it (plain LoRA/LoCon and DoRA only).
+PEFT_SUFFIX: dict[str, str] = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight",
+                               "dora_scale": "lora_magnitude_vector"}
+
+
+def name_dialect(name: str) -> str:
+    """"lycoris", "kohya" or "peft": the naming dialect of a module name as written (prefix test only)."""
+    if name.startswith(LYCORIS_PREFIX):
+        return "lycoris"
+    return "kohya" if name.startswith("lora_") else "peft"
+
+
+def component_of_name(name: str) -> str:
+    """"te2", "te1" or "unet": the component of a module name as written (prefix test only)."""
+    if name.startswith(("lora_te2_", PEFT_PREFIX["te2"] + ".")) or comfy_te2(name):
+        return "te2"
+    if name.startswith(("lora_te", PEFT_PREFIX["te1"] + ".")) or "text_model" in name:
+        return "te1"
+    return "unet"

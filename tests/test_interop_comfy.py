@@ -268,3 +268,50 @@ def test_convert_to_comfy(tmp_path, family):
     for k, v in want.items():
         assert torch.equal(written[k], v.to(written[k].dtype)), k
     _assert_matches(out, family, net)
+
+
+# ------------------------------------------------------------------- which tools read a file (issue 18, 3)
+@pytest.mark.parametrize("cfg,kohya", [
+    ({"algo": "lora", "preset": "attn-mlp"}, True),
+    ({"algo": "lora", "preset": "full", "conv_rank": 2}, True),
+    ({"algo": "lora", "preset": "full", "conv_rank": 2, "tucker": True}, False),
+    ({"algo": "lora", "preset": "all"}, False),
+    ({"algo": "loha", "preset": "attn-mlp"}, False),
+    ({"algo": "lokr", "preset": "attn-mlp"}, False),
+])
+def test_network_module_and_readers(tmp_path, cfg, kohya):
+    """Files kohya's networks.lora cannot hold say lycoris.kohya (A1111/kohya route by it) and inspect names the
+    tools that read them; plain LoRA/LoCon says networks.lora. save_adapter names the file by its stem."""
+    from sdlora.commands.actions.inspect import inspect_file, render
+
+    path = tmp_path / "my_style.safetensors"
+    meta = save_adapter(_network(_models("sd1"), **cfg), path, "sd1")
+    assert meta["ss_network_module"] == ("networks.lora" if kohya else "lycoris.kohya")
+    assert meta["ss_output_name"] == "my_style"
+    info = inspect_file(path)
+    assert ("kohya sd-scripts (networks.lora)" in info["readers"][0]) == kohya
+    assert ("not in kohya's own networks.lora" in info["readers"][0]) == (not kohya)
+    assert "clients      reads in: A1111/Forge, ComfyUI" in render(info)
+
+
+def test_inspect_flags_a_mislabelled_tucker_file(tmp_path):
+    path = tmp_path / "t.safetensors"
+    net = _network(_models("sd1"), preset="full", conv_rank=2, tucker=True)
+    save_adapter(net, path, "sd1", metadata={"ss_network_module": "networks.lora"})
+    from sdlora.commands.actions.inspect import inspect_file
+
+    readers = inspect_file(path)["readers"]
+    assert "lora_mid" in readers[0] and "wrong loader" in readers[1]
+
+
+@pytest.mark.parametrize("algo,preset,note", [("lora", "attn-mlp", False), ("loha", "attn-mlp", True),
+                                              ("lora", "all", True)])
+def test_train_prints_the_loader_note(tmp_path, capsys, algo, preset, note):
+    from sdlora.cli import main
+    from trainkit import config, write_toml
+
+    toml = write_toml(tmp_path / "c.toml", config(tmp_path, network={"algo": algo, "rank": 4, "preset": preset}))
+    assert main(["train", str(toml), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert ("sdlora: note: kohya's own LoRA loader (networks.lora) cannot read this network" in out) == note
+    assert "config is valid" in out

@@ -10,6 +10,7 @@ from typing import Any
 from sdlora import __version__, keys
 from sdlora.models.families import BASE_MODEL_VERSION, modelspec_architecture
 from sdlora.networks import Network
+from sdlora.adapters.clients import KOHYA_MODULE, LYCORIS_MODULE, kohya_cannot_load
 
 
 def _most_common(values: list, default):
@@ -40,6 +41,7 @@ def build_metadata(network: Network, family: str, *, v_prediction: bool = False,
     """The kohya ``ss_*`` set, modelspec keys and sdlora's own, as strings."""
     s = network_summary(network)
     plain = s["algo"] == "lora" and not s["dora"]
+    kohya = kohya_cannot_load(network) is None  # else A1111/kohya must route the file to the LyCORIS loader
     args: dict[str, Any] = {"algo": "locon" if plain and "conv_dim" in s else s["algo"]}
     if "conv_dim" in s:
         args.update(conv_dim=str(s["conv_dim"]), conv_alpha=str(_fmt(s["conv_alpha"])))
@@ -59,13 +61,13 @@ def build_metadata(network: Network, family: str, *, v_prediction: bool = False,
     version = BASE_MODEL_VERSION[family] + ("_v" if family == "sd2" and v_prediction else "")
     now = _dt.datetime.now(_dt.timezone.utc)
     meta: dict[str, Any] = {
-        "ss_network_module": "networks.lora" if plain else "lycoris.kohya",
+        "ss_network_module": KOHYA_MODULE if kohya else LYCORIS_MODULE,
         "ss_network_dim": s["dim"],
         "ss_network_alpha": _fmt(s["alpha"]),
         "ss_network_args": json.dumps(args),
         "ss_base_model_version": version,
         "ss_v2": str(family == "sd2"),
-        "ss_output_name": name,
+        "ss_output_name": name or None,  # A1111 takes "" as the LoRA's name (<lora::1>): leave it out
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": modelspec_architecture(family, v_prediction) + ("/lora" if plain else "/lycoris"),
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers",

@@ -46,10 +46,21 @@ def _peft_state(module: AdapterModule, state: dict[str, torch.Tensor], name: str
         what = "Tucker LoRA" if isinstance(module, LoRAModule) and module.tucker else module.algo
         raise AdapterFileError(f"{name}: the diffusers/PEFT format holds plain LoRA/LoCon only, not {what}; "
                                "save it in the kohya format (it loads in diffusers too)")
-    out = {"lora_A.weight": state["lora_down.weight"], "lora_B.weight": state["lora_up.weight"]}
-    if "dora_scale" in state:
-        dora = state["dora_scale"].reshape(-1)  # PEFT's shapes: (out,) for Linear, (1, out, 1, 1) for Conv2d
-        out["lora_magnitude_vector"] = dora if module.kind == "linear" else dora.reshape(1, -1, 1, 1)
+    return peft_module_tensors(state, module.kind == "linear")
+
+
+def peft_module_tensors(state: dict[str, torch.Tensor], linear: bool) -> dict[str, torch.Tensor]:
+    """One plain LoRA/LoCon module's tensors under PEFT's names: the one PEFT writer.
+
+    ``state`` has kohya's suffixes: down (r, in[, kh, kw]), up (out, r[, 1, 1]), optionally the DoRA
+    magnitude with ``out`` values in any shape; PEFT's magnitude is (out,) for a Linear layer and
+    (1, out, 1, 1) for a Conv2d (``linear`` False). alpha is left out: PEFT keeps it in the metadata."""
+    down, up = LoRAModule.file_suffixes
+    out = {keys.PEFT_SUFFIX[down]: state[down], keys.PEFT_SUFFIX[up]: state[up]}
+    dora = state.get(AdapterModule.dora_suffix)
+    if dora is not None:
+        dora = dora.reshape(-1)
+        out[keys.PEFT_SUFFIX[AdapterModule.dora_suffix]] = dora if linear else dora.reshape(1, -1, 1, 1)
     return out
 
 
@@ -66,5 +77,5 @@ def save_adapter(network: Network, path: str | Path, family: str, *, unet_config
         meta = peft_metadata(network)
         meta.update({k: v for k, v in (metadata or {}).items() if k.startswith(("sdlora_", "modelspec."))})
         return files.write_tensors(path, tensors, meta, dtype=dtype, hashes=False)
-    meta = dict(metadata) if metadata is not None else build_metadata(network, family)
+    meta = dict(metadata) if metadata is not None else build_metadata(network, family, name=Path(path).stem)
     return files.write_tensors(path, tensors, meta, dtype=dtype, hashes=True)

@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from sdlora.adapters import build_metadata, peft_metadata
+from sdlora.adapters.write import peft_module_tensors
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError, ConfigError
-from sdlora.networks import Network
+from sdlora.networks import AdapterModule, Network
+from sdlora.networks.lora import LoRAModule
 from sdlora.tools.delta import tool_module, dora_shape
 from sdlora.tools.output import check_dialect, output_name, peft_cannot_hold
 from sdlora.tools.reference import ModelLike
@@ -54,26 +56,25 @@ def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | Non
     for key, t in src.modules.items():
         name = names[key]
         if to == "peft":
-            tensors[f"{name}.lora_A.weight"] = t["lora_down.weight"]
-            tensors[f"{name}.lora_B.weight"] = t["lora_up.weight"]
-            if "dora_scale" in t:  # PEFT's magnitude: (out,) for Linear, (1, out, 1, 1) for Conv2d
-                mag = t["dora_scale"].reshape(-1)
-                tensors[f"{name}.lora_magnitude_vector"] = mag if modules[key].kind == "linear" else mag.reshape(1, -1, 1, 1)
+            for suffix, value in peft_module_tensors(t, modules[key].kind == "linear").items():
+                tensors[f"{name}.{suffix}"] = value
             continue
         from_peft = dialect_of(src.names[key]) == "peft"
         for suffix, value in t.items():
-            if suffix == "dora_scale" and value.dim() == 1:  # PEFT's (out,) -> kohya's (out, 1[, 1, 1])
+            if suffix == AdapterModule.dora_suffix and value.dim() == 1:  # PEFT's (out,) -> kohya's (out, 1[, 1, 1])
                 value = value.reshape(dora_shape(value, ref.layer(key).weight))
             if suffix == "alpha" and from_peft:  # from the metadata: stored like the weights, as kohya does
-                value = value.to(t["lora_down.weight"].dtype)
+                value = value.to(t[LoRAModule.file_suffixes[0]].dtype)
             tensors[f"{name}.{suffix}"] = value
     network = Network(ref.models, {(k[0], ref.raw_path(k)): m for k, m in modules.items()})
     meta = {k: v for k, v in src.file.metadata.items() if k not in _DROP}
     if to == "peft":
         meta.update(peft_metadata(network))
     else:
-        for k, v in build_metadata(network, ref.family).items():
+        fresh = build_metadata(network, ref.family, name=meta.get("ss_output_name") or Path(out).stem)
+        for k, v in fresh.items():
             meta.setdefault(k, v)
+        meta["ss_network_module"] = fresh["ss_network_module"]  # which loader can read it (A1111/kohya route by it)
     files.write_tensors(out, tensors, meta, hashes=to != "peft")
     report = Report(f"convert ({src.dialect} -> {to})", str(out), len(modules))
     renamed = sum(names[k] != src.names[k] for k in names)

@@ -127,7 +127,8 @@ def write_network(out: str | Path, modules: dict[Key, AdapterModule], ref: Refer
         for suffix, value in module.state_dict().items():
             tensors[f"{name}.{suffix}"] = value.detach().float() if suffix == "alpha" else value.detach()
     meta = dict(carried or {})
-    fresh = build_metadata(network, ref.family, name=meta.get("ss_output_name", ""), v_prediction=v_prediction)
+    fresh = build_metadata(network, ref.family, name=meta.get("ss_output_name") or Path(out).stem,
+                           v_prediction=v_prediction)
     for k, v in fresh.items():
         if k in _NETWORK_KEYS or k not in meta:
             meta[k] = v

@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from sdlora.adapters import FAMILY_NAMES, AdapterFile
+from sdlora.adapters.clients import readers_note
 from sdlora.files import tensors as files
 
 
@@ -77,6 +78,7 @@ def inspect_file(path: str | Path, *, allow_pickle: bool = False) -> dict:
             "data_sha256": data_hash,
         },
         "metadata_keys": len(meta),
+        "readers": readers_note(af),
     }
 
 
@@ -107,6 +109,7 @@ def render(info: dict) -> str:
         lines.append(f"hash         {h['sshs_model_hash']} (legacy {h['sshs_legacy_hash']})")
     elif h["data_sha256"]:
         lines.append(f"hash         {h['data_sha256']} (computed; the file stores none)")
+    lines += [f"clients      {line}" for line in info["readers"]]
     if info["unknown_keys"]:
         lines.append(f"unknown keys {len(info['unknown_keys'])}: {', '.join(info['unknown_keys'][:5])}")
     return "\n".join(lines)
