@@ -35,7 +35,8 @@ def trainer_config(p: dict) -> dict:
                     "min_image_side": p["resolution"], "flip": bool(p.get("flip", False))},
         "training": {"max_steps": p["steps"], "batch_size": p["batch"], "learning_rate": p["lr"], "seed": p["seed"],
                      "mixed_precision": p["precision"], "gradient_checkpointing": p["checkpointing"],
-                     "cache_latents": p["cache"], "cache_text_outputs": p["cache"], "max_grad_norm": 1.0},
+                     "cache_latents": p["cache"], "cache_text_outputs": p["cache"], "max_grad_norm": 1.0,
+                     **p.get("training_extra", {})},  # speed levers under test (whole.py --set)
         "optimizer": {"name": "adamw", "weight_decay": 0.01, "scheduler": "constant"},
         "output": {"dir": p["out"], "name": "bench", "tensorboard": False},
     }

@@ -32,7 +32,7 @@ from sdlora.models import BaseModel, open_model
 from sdlora.networks import Network
 from sdlora.files.images import BadImage
 from sdlora.files.tensors import display_path
-from sdlora.trainers import buckets, resume as resumes, safety, state as states
+from sdlora.trainers import buckets, resume as resumes, safety, speed, state as states
 from sdlora.trainers.batches import epoch_batches, local_slice, rng_for
 from sdlora.trainers.cache import fit
 from sdlora.trainers.captions import augment
@@ -115,6 +115,8 @@ class Trainer:
         self.network.to(self.device, torch.float32)
         self.network.attach()
         self.network.train()
+        speed.apply_memory_format(self.model.unet, t.channels_last)
+        speed.compile_unet(self.model.unet, t.compile, t.compile_backend)
         self.log("network:\n" + self.network.format_report())
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.trains_te = any(c in ("te1", "te2") for c in self.network.components())
@@ -283,25 +285,24 @@ class Trainer:
 
     def train_step(self, group: list[list[int]], epoch: int, first_batch: int) -> tuple[float | None, float | None]:
         """One optimiser step over the global batches ``group``; returns (loss, grad norm), None when skipped."""
-        local, bad = 0.0, False
+        # One host sync per step (speed.py): the losses and the finite check stay on the device until the
+        # gradient norm is known; a micro-batch with a non-finite loss is still backpropagated (the step is
+        # skipped and its gradients dropped either way, as before).
+        stats = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss sum, non-finite count)
         for m, global_batch in enumerate(group):
             loss = self._micro(global_batch, epoch, first_batch + m, self.step, m, len(group))
             if loss is None:
                 continue
-            if not torch.isfinite(loss.detach()).all():
-                bad = True
-                continue
             self.accelerator.backward(loss)
-            local += float(loss.detach())
-        stats = torch.tensor([local, float(bad)], dtype=torch.float64, device=self.device)
+            stats = stats + speed.loss_stats(loss.detach())
         if self.world > 1:
             stats = self.accelerator.reduce(stats, reduction="sum")
-        loss_value, bad = float(stats[0]), bool(stats[1] > 0)
-        norm = None
+        self._sync_gradients()
+        max_norm = self.cfg.training.max_grad_norm or float("inf")
+        taken = self.accelerator.scaler is None or not speed.read_step(stats)[1]  # fp16: unscale taken steps only
+        total_norm = self.accelerator.clip_grad_norm_(self.params, max_norm) if taken else None
+        loss_value, bad, norm = speed.read_step(stats, total_norm)
         if not bad:
-            self._sync_gradients()
-            max_norm = self.cfg.training.max_grad_norm or float("inf")
-            norm = float(self.accelerator.clip_grad_norm_(self.params, max_norm))
             if not math.isfinite(norm):
                 if self.cfg.training.mixed_precision == "fp16":
                     self.optimizer.step()  # the loss scaler skips the update and lowers its scale

@@ -20,6 +20,7 @@ CHANGEABLE: frozenset[str] = frozenset({
     "training.te1_lr", "training.te2_lr", "training.save_every_steps", "training.save_every_epochs",
     "training.keep_last", "training.max_grad_norm", "training.max_bad_steps", "training.gradient_checkpointing",
     "training.cache_latents", "training.cache_text_outputs", "training.cache_to_disk", "training.cache_dir",
+    "training.compile", "training.compile_backend", "training.channels_last",  # speed levers (speed.py)
     "optimizer.scheduler", "optimizer.warmup_steps", "optimizer.cycles",
     "model.attention",
     "output.dir", "output.name", "output.save_dtype", "output.tensorboard", "output.comment",

@@ -1,0 +1,91 @@
+"""The trainer's speed levers (trainers/speed.py) give the same training: one host read per optimiser step
+(bitwise the same losses), channels-last memory format and torch.compile of the UNet (within float32
+summation-order tolerance of eager), each on the tiny SD1 model for two or three steps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdlora.trainers import Trainer, load_config, speed
+from trainkit import config, one_thread, quiet  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(raw: dict) -> tuple[Trainer, dict[int, float], dict[str, torch.Tensor]]:
+    tr = Trainer(load_config(raw=raw), log=quiet)
+    result = tr.run()
+    return tr, result.losses, {k: v.detach().clone() for k, v in tr.network.state_dict().items()}
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    """Adapter weights equal within ``atol``: Adam moves each weight by up to lr per step whatever the gradient's
+    size, so a summation-order difference in a near-zero gradient shows as a few 1e-6; 2e-5 is 1% of the
+    2 steps × lr 1e-3 a weight can move."""
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=atol), (k, (a[k] - b[k]).abs().max())
+
+
+def test_one_host_read_per_step_and_the_same_losses(tmp_path, monkeypatch):
+    raw = config(tmp_path, "sd1", training={"max_steps": 3, "gradient_accumulation": 2})
+    micro_losses: list[float] = []
+    reads: list[int] = []
+    real_micro, real_read = Trainer._micro, speed.read_step
+
+    def micro(self, *a):
+        loss = real_micro(self, *a)
+        if loss is not None:
+            micro_losses.append(loss.detach().double().item())
+        return loss
+
+    def read(stats, norm=None):
+        reads.append(1)
+        return real_read(stats, norm)
+
+    monkeypatch.setattr(Trainer, "_micro", micro)
+    monkeypatch.setattr(speed, "read_step", read)
+    _, losses, _ = _run(raw)
+    assert len(reads) == 3  # one device->host read per optimiser step (not one per micro-batch)
+    assert len(micro_losses) == 6
+    for step in (1, 2, 3):
+        assert losses[step] == micro_losses[2 * step - 2] + micro_losses[2 * step - 1]  # bitwise
+
+
+def test_read_step_reports_non_finite_and_norm():
+    stats = speed.loss_stats(torch.tensor(0.25)) + speed.loss_stats(torch.tensor(float("nan")))
+    loss, bad, norm = speed.read_step(stats, torch.tensor(2.0))
+    assert bad and norm == 2.0 and loss != loss  # NaN sum
+    loss, bad, norm = speed.read_step(speed.loss_stats(torch.tensor(0.5)))
+    assert (loss, bad, norm) == (0.5, False, None)
+
+
+def test_channels_last_trains_the_same_within_tolerance(tmp_path):
+    _, plain_losses, plain = _run(config(tmp_path / "a", "sd1", training={"max_steps": 2}))
+    tr, cl_losses, cl = _run(config(tmp_path / "b", "sd1", training={"max_steps": 2, "channels_last": True}))
+    conv = tr.model.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert cl_losses.keys() == plain_losses.keys()
+    for step in plain_losses:
+        assert cl_losses[step] == pytest.approx(plain_losses[step], rel=1e-5)
+    _assert_close(plain, cl, atol=2e-5)
+
+
+def test_compiled_unet_trains_like_eager(tmp_path):
+    # The slow test of this file (~35 s on 2 shared cores): dynamo traces the whole tiny UNet with its adapter
+    # hooks once. Backend "eager" runs the traced graph with eager kernels, so no C++ compiler is needed;
+    # inductor is the same trace plus generated kernels (benchmarks/gpu.py times it on a GPU).
+    _, eager_losses, eager = _run(config(tmp_path / "a", "sd1", training={"max_steps": 2}))
+    tr, comp_losses, comp = _run(config(tmp_path / "b", "sd1", training={"max_steps": 2, "compile": True,
+                                                                          "compile_backend": "eager"}))
+    assert tr.model.unet._compiled_call_impl is not None  # nn.Module.compile took effect
+    for step in eager_losses:
+        assert comp_losses[step] == pytest.approx(eager_losses[step], rel=1e-5)
+    _assert_close(eager, comp, atol=2e-5)
+
+
+def test_speed_keys_are_validated(tmp_path):
+    from sdlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile_backend"):
+        load_config(raw=config(tmp_path, "sd1", training={"compile_backend": "tvm"}))
