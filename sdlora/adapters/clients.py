@@ -86,3 +86,32 @@ def readers_note(af: AdapterFile) -> list[str]:
 
 def _row_shaped(mag) -> bool:
     return mag.dim() < 2 or mag.shape[1] == 1
+
+
+def dora_weight(weight, delta, magnitude, strength: float, rule: str):
+    """W' of a DoRA module by ``rule`` ("sdlora", "comfyui", "a1111", as in this module's docstring): ``weight``
+    W (out, in[, k, k]), ``delta`` ΔW of the same shape, ``magnitude`` m row-shaped (out, 1[, 1, 1]) or
+    column-shaped (1, in[, 1, 1]); float tensors. What each client computes, for comparing them on a file."""
+    wd = weight + delta
+    row = magnitude.shape[0] == weight.shape[0] and (magnitude.dim() < 2 or magnitude.shape[1] == 1)
+    if rule == "a1111":
+        row = False  # A1111 takes column norms whatever the shape
+    if rule == "comfyui" and row:
+        norm = _row_norm(weight)
+    else:
+        norm = _row_norm(wd) if row else _col_norm(wd)
+    mag = magnitude.reshape(-1, *[1] * (weight.dim() - 1)) if row and magnitude.dim() < 2 else magnitude
+    scaled = wd * (mag / norm)
+    if rule == "sdlora":
+        return wd * (strength * (mag / norm - 1) + 1)
+    if rule in ("comfyui", "a1111"):
+        return weight + strength * (scaled - weight)
+    raise ValueError(f"unknown DoRA rule {rule!r}; use sdlora, comfyui or a1111")
+
+
+def _row_norm(w):
+    return w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
+
+
+def _col_norm(w):
+    return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, w.shape[1], *[1] * (w.dim() - 2))
