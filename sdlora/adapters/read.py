@@ -91,11 +91,7 @@ class AdapterFile:
         return out
 
     def component_of(self, name: str) -> str:
-        if name.startswith(("lora_te2_", "text_encoder_2.")) or keys.comfy_te2(name):
-            return "te2"
-        if name.startswith(("lora_te", "text_encoder.")) or "text_model" in name:
-            return "te1"
-        return "unet"
+        return keys.component_of_name(name)
 
     def component_counts(self) -> dict[str, int]:
         return dict(collections.Counter(self.component_of(n) for n in self.modules))
@@ -103,7 +99,7 @@ class AdapterFile:
     def detect_family(self) -> str | None:
         """"sd1", "sd2", "sdxl" from names and shapes (cross-attention and text widths), else from metadata."""
         names = list(self.modules)
-        if any(n.startswith(("lora_te2_", "text_encoder_2.")) or keys.comfy_te2(n) for n in names):
+        if any(keys.component_of_name(n) == "te2" for n in names):
             return "sdxl"
         for name, t in self.modules.items():
             if "attn2" in name and ("to_k" in name or "to_v" in name):

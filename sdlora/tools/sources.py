@@ -95,9 +95,7 @@ def read_source(path: str | Path, family: str | None = None, model: ModelLike = 
 
 def dialect_of(name: str) -> str:
     """The naming dialect of a module name as written (prefix test only; keys.py does the real parsing)."""
-    if name.startswith("lycoris_"):
-        return "lycoris"
-    return "kohya" if name.startswith("lora_") else "peft"
+    return keys.name_dialect(name)
 
 
 def _unet_style(names: dict[Key, str], ref: Reference) -> str | None:
