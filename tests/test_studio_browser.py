@@ -39,8 +39,11 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     root = make_root(tmp_path_factory.mktemp("studio") / "root", steps=30)
     port = _free_port()
+    # one torch thread in the server's jobs, as conftest.py sets for the tests: OpenMP threads spinning
+    # against the other processes on a shared 2-core machine make a step many times slower
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "sdlora.cli", "studio", "--root", str(root), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}/"
 
     def up():
@@ -127,8 +130,8 @@ def test_training_shows_live_loss_and_a_sample_then_its_adapter(page, server, tm
     _train(page, base)
     # live: loss points arrive while the job is still running
     _until(page, "Number(document.getElementById('chart')?.dataset.points || 0) > 0 && "
-                           "document.getElementById('job-status')?.dataset.status === 'running'", timeout=120_000)
-    _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=180_000)
+                           "document.getElementById('job-status')?.dataset.status === 'running'", timeout=300_000)
+    _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=480_000)
     page.wait_for_selector("#samples img.sample")
     assert int(page.locator("#chart").get_attribute("data-points")) == 30
     assert page.inner_text('[data-stat="step"]') == "30 / 30"
@@ -150,7 +153,7 @@ def test_generating_with_the_adapter_at_0_8_shows_its_parameters(page, server, t
     assert page.input_value(".lora-strength") == "0.8"
     page.fill("#steps", "8")
     page.click("#generate")
-    page.wait_for_selector("#results img.generated", timeout=120_000)
+    page.wait_for_selector("#results img.generated", timeout=300_000)
     params = page.inner_text("#results .result pre")
     assert "<lora:quickstart:0.8>" in params and "Steps: 8" in params and "Lora hashes" in params
     shown = page.inner_text("#results .result .muted").split(" · ")[0]
@@ -163,20 +166,20 @@ def test_stop_then_resume_gives_the_uninterrupted_adapter_bit_for_bit(page, serv
     reference = root / ADAPTER
     assert reference.is_file()  # the uninterrupted 30-step run above
     _train(page, base, out_dir="runs/resumed")
-    _until(page, "parseInt(document.querySelector('[data-stat=\"step\"]')?.textContent) >= 3", timeout=120_000)
+    _until(page, "parseInt(document.querySelector('[data-stat=\"step\"]')?.textContent) >= 3", timeout=300_000)
     page.click("#sample-now")  # samples are drawn off the training's RNG: the run stays bit-identical
-    _until(page, "document.querySelectorAll('#samples img.sample').length > 0", timeout=60_000)
+    _until(page, "document.querySelectorAll('#samples img.sample').length > 0", timeout=180_000)
     page.click("#save-now")
-    _until(page, "document.getElementById('log')?.textContent.includes('[saved ')", timeout=60_000)
+    _until(page, "document.getElementById('log')?.textContent.includes('[saved ')", timeout=180_000)
     page.click("#stop")
-    _until(page, "document.getElementById('job-status')?.dataset.status === 'stopped'", timeout=60_000)
+    _until(page, "document.getElementById('job-status')?.dataset.status === 'stopped'", timeout=180_000)
     step = int(page.inner_text('[data-stat="step"]').split("/")[0])
     assert 3 <= step < 30
     assert any((root / "runs/resumed").glob("state-*/trainer.json"))
     assert len(list((root / "runs/resumed/samples").glob("*.png"))) >= 1  # "sample now", before step 30
     _until(page, "document.getElementById('resume')?.disabled === false")
     page.click("#resume")
-    _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=180_000)
+    _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=480_000)
     a, _ = read_tensors(reference)
     b, _ = read_tensors(root / "runs/resumed/quickstart.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
