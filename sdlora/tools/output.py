@@ -38,8 +38,8 @@ def lora_module(layer: nn.Module, delta: Delta, rank: int | None, energy: float 
         return FullModule.from_tensors(layer, {"diff_b": delta.bias.to(dtype)}), None
     up, down = svd_factors(delta.weight, rank, energy, gamma)
     r = down.shape[0]
-    tensors = {"lora_down.weight": down.to(dtype), "lora_up.weight": up.to(dtype),
-               "alpha": torch.tensor(gamma * r, dtype=torch.float32)}
+    down_key, up_key = LoRAModule.file_suffixes
+    tensors = {down_key: down.to(dtype), up_key: up.to(dtype), "alpha": torch.tensor(gamma * r, dtype=torch.float32)}
     if delta.bias is not None:
         tensors["diff_b"] = delta.bias.to(dtype)
     module = LoRAModule.from_tensors(layer, tensors)
@@ -74,9 +74,9 @@ def output_name(key: Key, ref: Reference, dialect: str, unet_names: str | None) 
             raise AdapterFileError(f"{exc} Convert to kohya instead") from None
     if dialect == "lycoris":
         if component == "te2" or (component == "te1" and "te2" in ref.models):
-            raise AdapterFileError("LyCORIS's own names (lycoris_…) cannot tell SDXL's two text encoders apart; "
+            raise AdapterFileError("LyCORIS's own names cannot tell SDXL's two text encoders apart; "
                                    "convert to kohya instead")
-        name = "lycoris_" + ref.raw_path(key).replace(".", "_")
+        name = keys.LYCORIS_PREFIX + ref.raw_path(key).replace(".", "_")
         if ref.table.get(name) != key:  # keys.py is the authority on names: check we agree with it
             raise AdapterFileError(f"{name}: no LyCORIS name for {component}.{path}; convert to kohya instead")
         return name
