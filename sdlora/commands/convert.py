@@ -13,5 +13,8 @@ def register(sub) -> None:
                    help="kohya UNet names: sgm (input_blocks_…) or diffusers (down_blocks_…); default: the input's")
     p.add_argument("--model", help="base model folder (only needed for files of non-standard models)")
     p.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="model family when the file does not say")
+    p.add_argument("--dora-columns", action="store_true",
+                   help="write DoRA magnitudes column-shaped, the form A1111 applies on the right axis (approximate: "
+                   "the fit is printed; needs --model)")
     p.add_argument("--out", required=True, help="output adapter file")
     p.set_defaults(func="sdlora.commands.actions.convert:run")

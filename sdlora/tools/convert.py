@@ -35,8 +35,10 @@ _DROP = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata", "format
 
 
 def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | None = None,
-            model: ModelLike = None, family: str | None = None) -> Report:
-    """Write ``path``'s adapter to ``out`` in the ``to`` format (kohya, lycoris, peft, comfy); tensors unchanged.
+            model: ModelLike = None, family: str | None = None, dora_columns: bool = False) -> Report:
+    """Write ``path``'s adapter to ``out`` in the ``to`` format (kohya, lycoris, peft, comfy); tensors unchanged,
+    except with ``dora_columns``: row-shaped DoRA magnitudes become the column-shaped ones A1111 applies on the
+    right axis (``column_magnitudes``; needs the base model's weights, the fit is reported).
 
     Raises AdapterFileError, writing nothing, when the target cannot hold a module (e.g. LoHa to peft)."""
     check_dialect(to, unet_names)
@@ -44,6 +46,7 @@ def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | Non
         raise ConfigError("--unet-names chooses kohya's UNet names; it applies to --to kohya only")
     src = read_source(path, family, model)
     ref = src.ref
+    fits = column_magnitudes(src, model) if dora_columns else []
     style = unet_names or src.unet_names
     names = {key: output_name(key, ref, to, style) for key in src.modules}
     modules = {key: tool_module(ref.layer(key), t, f"{src.path}: {src.names[key]}") for key, t in src.modules.items()}
@@ -77,7 +80,40 @@ def convert(path: str | Path, out: str | Path, *, to: str, unet_names: str | Non
         meta["ss_network_module"] = fresh["ss_network_module"]  # which loader can read it (A1111/kohya route by it)
     files.write_tensors(out, tensors, meta, hashes=to != "peft")
     report = Report(f"convert ({src.dialect} -> {to})", str(out), len(modules))
+    if fits:
+        report.notes.append(f"dora columns: {len(fits)} magnitudes made column-shaped for A1111; W' at strength 1 "
+                            f"within {max(fits):.2%} of sdlora's (relative, worst module)")
     renamed = sum(names[k] != src.names[k] for k in names)
     report.notes.append(f"lossless: {len(tensors)} tensors carried unchanged; {renamed} of {len(names)} module "
                         "names changed")
     return report
+
+
+def column_magnitudes(src, model: ModelLike) -> list[float]:
+    """Replace each row-shaped DoRA magnitude m (out, 1[, 1, 1]) in ``src.modules`` by a column-shaped one
+    (1, in[, 1, 1]): with W* = W_d·m/‖W_d‖_row sdlora's W' at strength 1 (W_d = W + ΔW), c the least-squares
+    column scale of W_d towards W* and m_c = c·‖W_d‖_col, A1111 (column norms always) gives W_d·m_c/‖W_d‖_col =
+    W_d·c, the nearest column-scaled form of W* (a row scaling is not a column scaling: it is exact only where
+    the magnitudes are uniform). Returns each module's relative
+    ‖W'_A1111 − W*‖ / ‖W*‖ at strength 1. Needs the base weights: ``model`` must be given."""
+    if model is None:
+        raise ConfigError("--dora-columns needs the base model's weights (W enters the norms): pass --model")
+    errors = []
+    for key, t in src.modules.items():
+        mag = t.get("dora_scale")
+        layer = src.ref.layer(key)
+        if mag is None or mag.shape[0] != layer.weight.shape[0] or (mag.dim() >= 2 and mag.shape[1] != 1):
+            continue  # no DoRA, or already column-shaped
+        module = tool_module(layer, t, f"{src.path}: {src.names[key]}")
+        w = layer.weight.detach().float()
+        with torch.no_grad():
+            target = module.merged_weight(w, 1.0)
+            wd = w + module.delta_weight().float()
+        cols_t, cols_d = target.transpose(0, 1).reshape(w.shape[1], -1), wd.transpose(0, 1).reshape(w.shape[1], -1)
+        shape = (1, w.shape[1], *[1] * (w.dim() - 2))
+        best = ((cols_t * cols_d).sum(dim=1) / cols_d.pow(2).sum(dim=1)).reshape(shape)  # least-squares c per column
+        col = best * cols_d.norm(dim=1).reshape(shape)  # A1111 divides by ‖W_d‖_col: store c·‖W_d‖_col
+        got = wd * best
+        errors.append(float((got - target).norm() / target.norm()))
+        t["dora_scale"] = col.to(mag.dtype)
+    return errors
