@@ -115,7 +115,8 @@ def load_adapter(source: str | Path | AdapterFile, models: dict[str, nn.Module],
         root = present[component]
         where = (component, _raw_path(root, path))
         if where in names:  # e.g. kohya and PEFT names of one module in one file
-            report.duplicates.append(f"{names[where]} and {name} ({component} {path})")
+            first, second = sorted((names[where], name))  # the same sentence whatever the file order
+            report.duplicates.append(f"{first} and {second} ({component} {path})")
             continue
         names[where] = name
         try:
