@@ -192,7 +192,8 @@ def test_cli_bake_refuses_non_finite_strengths(spec, world, capsys, tmp_path):
 def test_api_refuses_non_finite_strengths_and_block_weights(world, model, tmp_path):
     stack = AdapterStack(model)
     snap, hooks = _snapshot(model), _hooks(model)
-    for kw in (dict(strength=float("nan")), dict(te_strength=float("inf")), dict(block_weights=[1.0] * 16 + [math.nan])):
+    bad = (dict(strength=math.nan), dict(te_strength=math.inf), dict(block_weights=[1.0] * 16 + [math.nan]))
+    for kw in bad:
         with pytest.raises(ConfigError, match="must be finite numbers"):
             stack.add(world["valid"], **kw)
     _assert_same(model, snap, hooks)
