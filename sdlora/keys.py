@@ -385,6 +385,8 @@ SUFFIXES: dict[str, str] = {
     **{s: s for s in ("diff", "diff_b", "w_norm", "b_norm", "scale", "on_input")},
 }
 _BY_LENGTH = sorted(SUFFIXES, key=len, reverse=True)
+# Canonical suffixes other modules test for by name.
+LORA_DOWN, LORA_MID, DORA_SCALE, DIFF_B = "lora_down.weight", "lora_mid.weight", "dora_scale", "diff_b"
 
 # Old diffusers attention-processor form: `<attn>.processor.to_q_lora.down.weight` (UNet) and
 # `<layer>.self_attn.to_q_lora.down.weight` (text encoder, no `processor`).

@@ -301,7 +301,7 @@ def test_inspect_flags_a_mislabelled_tucker_file(tmp_path):
     from sdlora.commands.actions.inspect import inspect_file
 
     readers = inspect_file(path)["readers"]
-    assert "lora_mid" in readers[0] and "wrong loader" in readers[1]
+    assert "Tucker LoCon" in readers[0] and "wrong loader" in readers[1]
 
 
 @pytest.mark.parametrize("algo,preset,note", [("lora", "attn-mlp", False), ("loha", "attn-mlp", True),

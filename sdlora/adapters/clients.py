@@ -36,7 +36,7 @@ def kohya_cannot_load(network: Network) -> str | None:
         if not isinstance(module, LoRAModule):
             return f"it holds {module.algo} modules"
         if module.tucker:
-            return "it holds Tucker LoCon modules (lora_mid)"
+            return "it holds Tucker LoCon modules (a mid factor)"
         if module.dora_scale is not None:
             return "it holds DoRA magnitudes"
         if module.diff_b is not None:
@@ -49,14 +49,13 @@ def kohya_cannot_load(network: Network) -> str | None:
 def file_kohya_problem(af: AdapterFile) -> str | None:
     """``kohya_cannot_load`` for a file read without a model (from its tensors and module names)."""
     for name, t in af.modules.items():
-        algo = "lora" if "lora_down.weight" in t else None
-        if algo is None:
+        if keys.LORA_DOWN not in t:
             return "it holds LyCORIS modules (LoHa, LoKr, full or norm)"
-        if "lora_mid.weight" in t:
-            return "it holds Tucker LoCon modules (lora_mid)"
-        if "dora_scale" in t:
+        if keys.LORA_MID in t:
+            return "it holds Tucker LoCon modules (a mid factor)"
+        if keys.DORA_SCALE in t:
             return "it holds DoRA magnitudes"
-        if "diff_b" in t:
+        if keys.DIFF_B in t:
             return "it holds bias deltas (diff_b)"
         if keys.outside_kohya_network(name):
             return f"it adapts {name}, which kohya's network has no module for"
@@ -77,8 +76,8 @@ def readers_note(af: AdapterFile) -> list[str]:
         if af.metadata.get("ss_network_module", LYCORIS_MODULE) != LYCORIS_MODULE:
             lines.append(f"ss_network_module says {af.metadata['ss_network_module']!r}: A1111/kohya would route it "
                          f"to the wrong loader; re-save it with sdlora (it writes {LYCORIS_MODULE!r})")
-    if any("dora_scale" in t for t in af.modules.values()):
-        rows = sum(1 for t in af.modules.values() if "dora_scale" in t and _row_shaped(t["dora_scale"]))
+    if any(keys.DORA_SCALE in t for t in af.modules.values()):
+        rows = sum(1 for t in af.modules.values() if keys.DORA_SCALE in t and _row_shaped(t[keys.DORA_SCALE]))
         shape = "row-shaped (per output)" if rows else "column-shaped (per input)"
         lines.append(f"DoRA magnitudes: {shape}. {DORA_RULES}")
     return lines

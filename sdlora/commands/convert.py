@@ -8,7 +8,7 @@ def register(sub) -> None:
                        "that cannot hold the content (e.g. LoHa to peft) is refused and nothing is written.")
     p.add_argument("file", help="adapter file (.safetensors)")
     p.add_argument("--to", required=True, choices=("kohya", "lycoris", "peft", "comfy"),
-                   help="target format (comfy: ComfyUI's own names, diffusion_model.<LDM path> and text_encoders.<clip>.…)")
+                   help="target format (comfy: ComfyUI's own names, the UNet in its LDM layout)")
     p.add_argument("--unet-names", choices=("sgm", "diffusers"),
                    help="kohya UNet names: sgm (input_blocks_…) or diffusers (down_blocks_…); default: the input's")
     p.add_argument("--model", help="base model folder (only needed for files of non-standard models)")

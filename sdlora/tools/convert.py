@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sdlora import keys
 from sdlora.adapters import build_metadata, peft_metadata
 from sdlora.adapters.write import peft_module_tensors
 from sdlora.files import tensors as files
@@ -100,7 +101,7 @@ def column_magnitudes(src, model: ModelLike) -> list[float]:
         raise ConfigError("--dora-columns needs the base model's weights (W enters the norms): pass --model")
     errors = []
     for key, t in src.modules.items():
-        mag = t.get("dora_scale")
+        mag = t.get(keys.DORA_SCALE)
         layer = src.ref.layer(key)
         if mag is None or mag.shape[0] != layer.weight.shape[0] or (mag.dim() >= 2 and mag.shape[1] != 1):
             continue  # no DoRA, or already column-shaped
@@ -115,5 +116,5 @@ def column_magnitudes(src, model: ModelLike) -> list[float]:
         col = best * cols_d.norm(dim=1).reshape(shape)  # A1111 divides by ‖W_d‖_col: store c·‖W_d‖_col
         got = wd * best
         errors.append(float((got - target).norm() / target.norm()))
-        t["dora_scale"] = col.to(mag.dtype)
+        t[keys.DORA_SCALE] = col.to(mag.dtype)
     return errors
