@@ -315,3 +315,20 @@ def test_train_prints_the_loader_note(tmp_path, capsys, algo, preset, note):
     out = capsys.readouterr().out
     assert ("sdlora: note: kohya's own LoRA loader (networks.lora) cannot read this network" in out) == note
     assert "config is valid" in out
+
+
+def test_cli_convert_to_comfy_and_dora_columns_sentence(tmp_path, capsys):
+    """The CLI: `convert --to comfy --model DIR` writes ComfyUI's names; `--dora-columns` without --model is one
+    error sentence and writes nothing."""
+    from sdlora.cli import main
+    from trainkit import model_dir
+
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_adapter(_network(_models("sd1"), dora=True), src, "sd1")
+    assert main(["convert", str(src), "--to", "comfy", "--model", str(model_dir("sd1")), "--out", str(out)]) == 0
+    names = {k.split(".")[0] for k in load_file(str(out))}
+    assert names <= {"diffusion_model", "text_encoders"} and names == {"diffusion_model", "text_encoders"}
+    bad = tmp_path / "bad.safetensors"
+    assert main(["convert", str(src), "--to", "kohya", "--dora-columns", "--family", "sd1", "--out", str(bad)]) == 2
+    assert "sdlora: error: --dora-columns needs the base model's weights" in capsys.readouterr().err
+    assert not bad.exists()
