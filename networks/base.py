@@ -165,6 +165,12 @@ class AdapterModule(nn.Module):
         return None
 
     @classmethod
+    def file_input_width(cls, tensors: dict[str, Tensor]) -> int | None:
+        """The input width of the layer a file module's ``tensors`` were made for (None when they do not
+        tell it)."""
+        return None
+
+    @classmethod
     def options_from_tensors(cls, tensors: dict[str, Tensor], shape: tuple[int, ...]) -> tuple[int, dict]:
         """(rank, constructor options) for a module holding ``tensors`` on a weight of ``shape``."""
         return 1, {}

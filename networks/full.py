@@ -18,6 +18,11 @@ from sdlora.networks.base import AdapterModule, Tensor
 class FullModule(AdapterModule):
     algo = "full"
     file_suffixes = ("diff", "diff_b")
+
+    @classmethod
+    def file_input_width(cls, tensors):
+        diff = tensors.get("diff")
+        return int(diff.shape[1]) if diff is not None and diff.dim() >= 2 else None
     fresh_delta = False  # delta() is the ``diff`` parameter itself
 
     def __init__(self, base: nn.Module, rank: int = 1, alpha: float | None = None, *, train_bias: bool = True,

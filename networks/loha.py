@@ -22,6 +22,11 @@ def rebuild_tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
 class LoHaModule(AdapterModule):
     algo = "loha"
     file_suffixes = ("hada_w1_a",)
+
+    @classmethod
+    def file_input_width(cls, tensors):
+        w1_b = tensors.get("hada_w1_b")  # (rank, in) for a plain LoHa; a Tucker one's cores do not tell it
+        return int(w1_b.shape[1]) if w1_b is not None and w1_b.dim() == 2 and "hada_t1" not in tensors else None
     tucker_suffix = "hada_t1"
 
     def __init__(self, base: nn.Module, rank: int = 4, alpha: float | None = None, *, tucker: bool = False, **kw):

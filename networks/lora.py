@@ -22,6 +22,11 @@ from sdlora.networks.base import AdapterModule, Tensor
 class LoRAModule(AdapterModule):
     algo = "lora"
     file_suffixes = ("lora_down.weight", "lora_up.weight")
+
+    @classmethod
+    def file_input_width(cls, tensors):
+        down = tensors.get("lora_down.weight")
+        return int(down.shape[1]) if down is not None else None
     tucker_suffix = "lora_mid.weight"
 
     def __init__(self, base: nn.Module, rank: int = 4, alpha: float | None = None, *, tucker: bool = False, **kw):

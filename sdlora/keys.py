@@ -388,6 +388,11 @@ _BY_LENGTH = sorted(SUFFIXES, key=len, reverse=True)
 # Canonical suffixes other modules test for by name.
 LORA_DOWN, LORA_MID, DORA_SCALE, DIFF_B = "lora_down.weight", "lora_mid.weight", "dora_scale", "diff_b"
 
+
+def is_peft_magnitude(key: str) -> bool:
+    """True for a PEFT DoRA magnitude key (`...lora_magnitude_vector[.weight]`): stored per output."""
+    return "lora_magnitude_vector" in key
+
 # Old diffusers attention-processor form: `<attn>.processor.to_q_lora.down.weight` (UNet) and
 # `<layer>.self_attn.to_q_lora.down.weight` (text encoder, no `processor`).
 _OLD_PROCESSOR = re.compile(

@@ -33,6 +33,10 @@ CORE_FORBIDDEN = ("sdlora.trainers", "sdlora.toy", "sdlora.studio")
 # File dialects: only sdlora/keys.py may spell these.
 DIALECT_MARKERS = ("lora_unet_", "lora_te", "lycoris_", "base_model.model", "diffusion_model.", "lora_A",
                    "lora_B", "lora_magnitude_vector", "lora_transformer_", "lora_prior_unet_")
+# A full checkpoint's original (LDM) layout names its UNet "model.diffusion_model."; that layout has one home,
+# sdlora/models/checkpoint.py (the single-file layout table), which may spell its own prefixes. ComfyUI's
+# adapter dialect ("diffusion_model." without "model.") stays in keys.py.
+CHECKPOINT_LAYOUT = ("sdlora.models.checkpoint", re.compile(r"(?<![A-Za-z0-9_])model\.diffusion_model\."))
 # The algorithms' tensor names: keys.py and networks/ (each algorithm class declares its own).
 TENSOR_NAMES = ("lora_down", "lora_up", "lora_mid", "hada_", "lokr_", "dora_scale")
 
@@ -144,6 +148,8 @@ def check_source(rel: str, source: str) -> list[str]:
     if module != "sdlora.keys":
         tensor_ok = _under(module, ("sdlora.networks",))
         for line, text in strings_of(tree):
+            if module == CHECKPOINT_LAYOUT[0]:
+                text = CHECKPOINT_LAYOUT[1].sub("", text)
             m = DIALECT_RE.search(text) or (None if tensor_ok else TENSOR_RE.search(text))
             if m:
                 keys.append((line, f"key literal {m.group(1)!r} in {text[:60]!r} (keys belong in keys.py)"))
@@ -194,6 +200,7 @@ PLANTED = [
     ("sdlora/tools/extract.py", "SUFFIX = '.lora_down.weight'\n", 1, "'lora_down'"),
     ("trainers/state.py", "n = 'hada_w1_a'\n", 1, "'hada_'"),
     ("sdlora/models/single_file.py", "p = 'model.diffusion_model.'\n", 1, "'diffusion_model.'"),
+    ("sdlora/models/checkpoint.py", "P = 'diffusion_model.input_blocks'\n", 1, "'diffusion_model.'"),
     ("sdlora/tools/extract.py", "def f():\n    from safetensors.torch import save_file\n", 2,
      "imports safetensors.torch outside sdlora/files/"),
     ("trainers/cache.py", "import safetensors\n", 1, "imports safetensors outside"),
@@ -217,6 +224,7 @@ ALLOWED = [
     ("trainers/loop.py", "from sdlora.adapters import save_adapter\nfrom sdlora.networks import Network\n"),
     ("sdlora/adapters/read.py", "def f():\n    '''Reads lora_unet_ keys (a docstring is prose).'''\n    return 1\n"),
     ("sdlora/tools/extract.py", "OUT = 'model.safetensors'\nW = 'lora_upscale'\n"),
+    ("sdlora/models/checkpoint.py", "UNET = 'model.diffusion_model.'\n"),
 ]
 
 

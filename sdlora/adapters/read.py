@@ -15,7 +15,7 @@ from sdlora import keys
 from sdlora.adapters.validate import checked_tensor
 from sdlora.files import tensors as files
 from sdlora.errors import AdapterFileError
-from sdlora.networks import file_algorithm
+from sdlora.networks import ALGORITHMS, file_algorithm
 
 _CROSS_ATTN_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_DIM = {1024: "sd2", 1280: "sdxl"}
@@ -61,7 +61,7 @@ class AdapterFile:
                 unknown.append(key)
                 continue
             value = checked_tensor(path, key, suffix, value)
-            if suffix == "dora_scale" and "lora_magnitude_vector" in key:
+            if suffix == keys.DORA_SCALE and keys.is_peft_magnitude(key):
                 value = value.reshape(-1)  # PEFT's magnitude is per output: (out,) Linear, (1, out, 1, 1) conv
             modules[name][suffix] = value
         # Files holding only an alpha for a module (no weights) are leftovers of other tools: unknown.
@@ -76,7 +76,7 @@ class AdapterFile:
         c = collections.Counter()
         for t in self.modules.values():
             algo = module_algo(t)
-            c[algo + ("+dora" if "dora_scale" in t else "")] += 1
+            c[algo + ("+dora" if keys.DORA_SCALE in t else "")] += 1
         return c
 
     def ranks(self) -> list[int]:
@@ -151,11 +151,9 @@ def _peft_alphas(modules: dict[str, dict[str, torch.Tensor]], metadata: dict[str
 
 def _input_width(t: dict[str, torch.Tensor]) -> int | None:
     """The input width of the layer a module's tensors were made for (None when it cannot be told)."""
-    if "lora_down.weight" in t:
-        return int(t["lora_down.weight"].shape[1])
-    if "hada_w1_b" in t and t["hada_w1_b"].dim() == 2 and "hada_t1" not in t:
-        return int(t["hada_w1_b"].shape[1])
-    if "diff" in t:
-        return int(t["diff"].shape[1])
+    for cls in ALGORITHMS.values():
+        width = cls.file_input_width(t)
+        if width is not None:
+            return width
     return None
 

@@ -120,7 +120,7 @@ def plan_single_file(path: str | Path, *, family: str | None = None, prediction_
     detected = checkpoint.detect_family(file.keys, file.shape)
     fam = check_family(family) or detected
     if fam is None:
-        raise ModelError(f"{path}: unknown model family: the file has no model.diffusion_model.* keys, so it "
+        raise ModelError(f"{path}: unknown model family: the file has no {checkpoint.PREFIXES['sd1']['unet']}* keys, so it "
                          "is not an SD 1.x / SD 2.x / SDXL checkpoint. If it is one in another layout, use its "
                          "diffusers folder, or pass --family sd1|sd2|sdxl")
     pred = check_prediction(prediction_type) or checkpoint.detect_prediction(file.keys, file.metadata)

@@ -147,7 +147,7 @@ def peft_cannot_hold(module: AdapterModule) -> str | None:
     if not isinstance(module, LoRAModule):
         return f"a {module.algo} module (only LoRA/LoCon)"
     if module.tucker:
-        return "a Tucker LoCon (lora_mid)"
+        return "a Tucker LoCon (it has a mid factor)"
     if module.diff_b is not None:
         return "a bias delta (diff_b)"
     mag = module.dora_scale
