@@ -268,7 +268,7 @@ def table(rows: list[dict], peak: float | None) -> str:
         ref = recipe.get((r["model"], r["batch"]))
         ratio = f"{ref / r['step_s']:.2f}x" if ref else "—"
         lines.append(f"| {r['model']} | {r['px']} | {r['batch']} | {r['side']} | {r['step_s'] * 1e3:.1f} ms "
-                     f"| {r['batch'] / r['step_s']:.2f} | {vram} | {r["flops"] / 1e9:.1f} | {share} | {ratio} |")
+                     f"| {r['batch'] / r['step_s']:.2f} | {vram} | {r['flops'] / 1e9:.1f} | {share} | {ratio} |")
     return "\n".join(lines)
 
 
