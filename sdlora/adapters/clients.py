@@ -15,6 +15,8 @@ DoRA at strength s, with W the base weight, W_d = W + ΔW and m the stored magni
 """
 from __future__ import annotations
 
+import torch
+
 from sdlora import keys
 from sdlora.adapters.read import AdapterFile
 from sdlora.networks import Network
@@ -83,11 +85,12 @@ def readers_note(af: AdapterFile) -> list[str]:
     return lines
 
 
-def _row_shaped(mag) -> bool:
+def _row_shaped(mag: torch.Tensor) -> bool:
     return mag.dim() < 2 or mag.shape[1] == 1
 
 
-def dora_weight(weight, delta, magnitude, strength: float, rule: str):
+def dora_weight(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, strength: float,
+                rule: str) -> torch.Tensor:
     """W' of a DoRA module by ``rule`` ("sdlora", "comfyui", "a1111", as in this module's docstring): ``weight``
     W (out, in[, k, k]), ``delta`` ΔW of the same shape, ``magnitude`` m row-shaped (out, 1[, 1, 1]) or
     column-shaped (1, in[, 1, 1]); float tensors. What each client computes, for comparing them on a file."""
@@ -108,9 +111,9 @@ def dora_weight(weight, delta, magnitude, strength: float, rule: str):
     raise ValueError(f"unknown DoRA rule {rule!r}; use sdlora, comfyui or a1111")
 
 
-def _row_norm(w):
+def _row_norm(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
 
 
-def _col_norm(w):
+def _col_norm(w: torch.Tensor) -> torch.Tensor:
     return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, w.shape[1], *[1] * (w.dim() - 2))
