@@ -28,12 +28,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sdlora.models.families import FAMILIES, config_value as _cfg  # noqa: F401 (FAMILIES: re-exported)
+from sdlora.models.families import FAMILIES, PIPELINE_NAMES, config_value as _cfg  # noqa: F401 (FAMILIES: re-exported)
 
 COMPONENTS: tuple[str, ...] = ("unet", "te1", "te2")
 
 # diffusers/PEFT top-level prefix of each component.
-PEFT_PREFIX: dict[str, str] = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+PEFT_PREFIX: dict[str, str] = PIPELINE_NAMES
 # Top-level children of the CLIP text transformer: paths under these live in `text_model.` in
 # transformers 4 (and in CLIPTextModelWithProjection in transformers 5). `text_projection` does not.
 _TEXT_MODEL_CHILDREN = ("embeddings", "encoder", "final_layer_norm")

@@ -15,6 +15,9 @@ BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
                   "sdxl": "stable-diffusion-xl-v1-base"}
 SD2_768_V_ARCH = "stable-diffusion-v2-768-v"
+# The adaptable components by sdlora's names -> their names in a diffusers pipeline (its folders and
+# attributes, and the top-level prefix of diffusers/PEFT adapter keys).
+PIPELINE_NAMES: dict[str, str] = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
 def modelspec_architecture(family: str, v_prediction: bool) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from sdlora.models import open_model, plan_single_file, read_entry
+from sdlora.models.families import PIPELINE_NAMES
 from sdlora.errors import ModelError
 from sdlora.files.streaming import LazyFile
 from sdlora.keys import normalize_module_path
@@ -30,7 +32,7 @@ from sdlora.tools.reference import Key, Reference
 from sdlora.tools.report import Report
 from sdlora.tools.svd import check_rank_options, is_kxk
 
-_FOLDERS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+_FOLDERS = PIPELINE_NAMES  # a diffusers folder holds each component under its pipeline name
 
 
 class TunedWeights:
@@ -50,7 +52,6 @@ class TunedWeights:
         if (self.path / "model_index.json").is_file() and all(
                 self._index(c) for c in _FOLDERS if (self.path / _FOLDERS[c]).is_dir()):
             return
-        from sdlora.models import open_model, plan_single_file
         if self.path.is_file() and self.path.suffix == ".safetensors":
             self.plan = plan_single_file(self.path, family=family)
             for entry in self.plan.entries:
@@ -97,8 +98,6 @@ class TunedWeights:
         return None
 
     def _from_single_file(self, component: str, candidates) -> torch.Tensor | None:
-        from sdlora.models import read_entry
-
         for candidate in candidates:
             entry = self.entries.get((component, candidate))
             if entry is None:
@@ -122,8 +121,6 @@ def extract(base: str | Path | Any, tuned: str | Path, out: str | Path, *, rank:
     Layers whose weights are identical are skipped; the report counts them and the other parameters
     (biases, norms, embeddings, layers outside the preset) that differ but a LoRA cannot hold."""
     check_rank_options(rank, energy, conv_rank, allow_zero_conv=True)
-    from sdlora.models import open_model
-
     model = base if hasattr(base, "components") else open_model(base)
     ref = Reference(model.family, model.components(), True, str(getattr(model, "source", base)))
     weights = TunedWeights(tuned, model.family)

@@ -21,6 +21,9 @@ import torch.nn as nn
 
 from sdlora import keys
 from sdlora.adapters import FAMILY_NAMES, adaptable_paths
+from sdlora.models import SHIPPED, build_skeletons, detect_family, open_model, read_config_folder
+from sdlora.models.configs import config_dir
+from sdlora.models.families import PIPELINE_NAMES
 from sdlora.errors import AdapterFileError, ModelError
 
 Tensor = torch.Tensor
@@ -67,12 +70,8 @@ class Reference:
 def shipped_skeleton(family: str) -> dict[str, nn.Module]:
     """The real-size UNet and text encoders of ``family`` on the meta device (no weights), from the
     configs shipped in sdlora/assets (``models.build_skeletons``)."""
-    from sdlora.models.configs import config_dir
-    from sdlora.models import SHIPPED, build_skeletons, read_config_folder
-
     skeletons = build_skeletons(family, read_config_folder(config_dir(SHIPPED[family])))
-    names = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
-    return {c: skeletons[n] for c, n in names.items() if n in skeletons}
+    return {c: skeletons[n] for c, n in PIPELINE_NAMES.items() if n in skeletons}
 
 
 def open_reference(family: str | None, model: ModelLike = None) -> Reference:
@@ -86,10 +85,8 @@ def open_reference(family: str | None, model: ModelLike = None) -> Reference:
         models = {c: m for c, m in model.items() if m is not None}
         fam, source = family, "given modules"
         if fam is None:
-            from sdlora.models import detect_family
             fam = detect_family(models["unet"].config, models.get("te2"))
     else:
-        from sdlora.models import open_model
         base = model if hasattr(model, "components") else open_model(model)
         models, fam, source = base.components(), base.family, str(getattr(base, "source", "") or model)
         if family is not None and family != fam:
