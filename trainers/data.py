@@ -282,9 +282,9 @@ def _with_trigger(caption: str, trigger: str) -> tuple[str, str]:
     return caption, trigger
 
 
-def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
-    """Scan the folders of ``section``; raises DatasetError when no usable training image is left."""
-    report = DataReport()
+def _candidates(section: DatasetSection, key: str, report: DataReport) -> tuple[list[Subset], list[tuple[int, Path]]]:
+    """The subsets of ``section`` (a kohya root expands into its N_name folders) and (subset index, image
+    path) for every image found; a second image with the same stem in one folder is a duplicate."""
     subsets: list[Subset] = []
     candidates: list[tuple[int, Path]] = []
     for i, sub in enumerate(_subsets_of(section)):
@@ -318,40 +318,49 @@ def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
         if not found:
             raise DatasetError(f"{where} = {str(root)!r} holds no images (looked for "
                                f"{', '.join(IMAGE_EXTENSIONS)}); add images or fix the path")
+    return subsets, candidates
 
-    def probe(entry: tuple[int, Path]):
-        index, path = entry
-        sub = subsets[index]
-        try:
-            decoded = decode(path, sub.alpha_mode, section.background)
-        except BadImage as exc:
-            return entry, None, str(exc)
-        w, h = decoded.image.size
-        if min(w, h) < section.min_image_side:
-            return entry, None, (f"too small ({w}x{h}; the shorter side must be at least "
-                                 f"{section.min_image_side} px, dataset.min_image_side)")
-        return entry, (w, h, decoded.mask is not None), ""
 
-    items: list[Item] = []
+def _probe(section: DatasetSection, subsets: list[Subset], entry: tuple[int, Path]):
+    """(entry, (width, height, has mask) or None, why it was skipped) for one candidate image."""
+    index, path = entry
+    try:
+        decoded = decode(path, subsets[index].alpha_mode, section.background)
+    except BadImage as exc:
+        return entry, None, str(exc)
+    w, h = decoded.image.size
+    if min(w, h) < section.min_image_side:
+        return entry, None, (f"too small ({w}x{h}; the shorter side must be at least "
+                             f"{section.min_image_side} px, dataset.min_image_side)")
+    return entry, (w, h, decoded.mask is not None), ""
+
+
+def _item(sub: Subset, index: int, path: Path, info: tuple[int, int, bool], report: DataReport) -> Item:
+    text = read_caption(path, sub.caption_extension)
+    if not text:
+        report.no_caption.append(path)
+        if sub.is_reg:
+            text = sub.fallback_caption or sub.class_token or sub.folder_caption
+        else:
+            text = sub.fallback_caption or sub.folder_caption or sub.class_token
+    body, trigger = _with_trigger(text, sub.trigger)
+    w, h, masked = info
+    return Item(path=path, subset=index, caption=body, trigger=trigger, size=(w, h), has_alpha_mask=masked)
+
+
+def scan(section: DatasetSection, key: str = "dataset") -> Dataset:
+    """Scan the folders of ``section``; raises DatasetError when no usable training image is left."""
+    report = DataReport()
+    subsets, candidates = _candidates(section, key, report)
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(probe, candidates))
+        results = list(pool.map(lambda entry: _probe(section, subsets, entry), candidates))
+    items: list[Item] = []
     for (index, path), info, why in results:
         if info is None:
             report.skipped.append((path, why))
-            continue
-        sub = subsets[index]
-        text = read_caption(path, sub.caption_extension)
-        if not text:
-            report.no_caption.append(path)
-            if sub.is_reg:
-                text = sub.fallback_caption or sub.class_token or sub.folder_caption
-            else:
-                text = sub.fallback_caption or sub.folder_caption or sub.class_token
-        body, trigger = _with_trigger(text, sub.trigger)
-        w, h, masked = info
-        items.append(Item(path=path, subset=index, caption=body, trigger=trigger, size=(w, h),
-                          has_alpha_mask=masked))
+        else:
+            items.append(_item(subsets[index], index, path, info, report))
     counts = collections.Counter(it.subset for it in items)
     report.counts = {("reg " if s.is_reg else "") + f"{s.path} (x{s.repeats})": counts.get(i, 0)
                      for i, s in enumerate(subsets)}

@@ -6,14 +6,12 @@ encoders when they are trained), fills the caches, and runs ``training.max_steps
   for each step: up to ``gradient_accumulation`` global batches (per-device batch × processes, one bucket
   each); this process takes its rows; latents (cached or encoded now), text conditioning (cached or
   encoded, with gradients when the encoders learn), SDXL size conditioning; noise and timesteps from a
-  generator seeded by (seed, step, micro-batch); the loss (see noise.py) summed over the rows and divided
-  by the global batch size, so the gradient summed over processes equals one process's on the whole
-  batch. Adapter gradients are summed across processes with one all-reduce (the UNet is never wrapped).
+  generator seeded by (seed, step, micro-batch); the loss (see noise.py) summed over the rows and divided by
+  the global batch size, so the gradients summed over processes (one all-reduce) equal one process's.
 
-A non-finite loss or gradient skips the step (reported); ``training.max_bad_steps`` in a row stop the
-run with the last good adapter saved. Ctrl+C saves a resumable state and the current adapter.
-Everything random is derived from (seed, epoch, ...) or restored from the state, so ``--resume``
-continues exactly (bitwise on CPU).
+A non-finite loss or gradient skips the step (reported); ``training.max_bad_steps`` in a row stop the run
+with the last good adapter saved. Ctrl+C saves a resumable state and the current adapter. Everything random
+comes from (seed, epoch, ...) or the state, so ``--resume`` continues exactly (bitwise on CPU).
 """
 from __future__ import annotations
 
@@ -424,20 +422,7 @@ class Trainer:
                     epoch_done = self.position >= len(batches)
                     if epoch_done:
                         self.epoch, self.position = self.epoch + 1, 0
-                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-                if loss is None:
-                    self.bad_in_row += 1
-                    result.skipped.append(self.step)
-                    monitor.write(f"step {self.step}: non-finite loss or gradients; the step was skipped "
-                                  f"({self.bad_in_row} in a row)")
-                    if self.bad_in_row >= t.max_bad_steps:
-                        monitor.close()
-                        self._stop_bad()
-                else:
-                    self.bad_in_row = 0
-                    result.losses[self.step] = loss
-                monitor.step(self.step, loss, lrs, norm)
-                self.events.step(self.step, loss, lrs, norm)
+                self._record(result, monitor, loss, norm)
                 self._cadence(monitor, epoch_done)
                 if epoch_done and t.max_epochs and self.epoch >= t.max_epochs:
                     break
@@ -465,6 +450,23 @@ class Trainer:
         self.events.close(self.step, "done")
         self.log(f"done: {self.step} steps; adapter {result.adapter}; state {result.state}")
         return result
+
+    def _record(self, result: TrainResult, monitor: Monitor, loss: float | None, norm: float | None) -> None:
+        """Log one finished step; a skipped (non-finite) one counts towards training.max_bad_steps."""
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        if loss is None:
+            self.bad_in_row += 1
+            result.skipped.append(self.step)
+            monitor.write(f"step {self.step}: non-finite loss or gradients; the step was skipped "
+                          f"({self.bad_in_row} in a row)")
+            if self.bad_in_row >= self.cfg.training.max_bad_steps:
+                monitor.close()
+                self._stop_bad()
+        else:
+            self.bad_in_row = 0
+            result.losses[self.step] = loss
+        monitor.step(self.step, loss, lrs, norm)
+        self.events.step(self.step, loss, lrs, norm)
 
     def _cadence(self, monitor: Monitor, epoch_done: bool) -> None:
         """The saves and samples due after this step (by step count, and by epoch when one just ended)."""
