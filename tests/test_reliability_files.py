@@ -234,14 +234,14 @@ def test_prompt_tags_resolve_inside_the_lora_dir_only(world, model, capsys, tmp_
     (loras / "styles" / "ink.safetensors").write_bytes(world["valid"].read_bytes())
     (loras / "leak.safetensors").symlink_to(secret)  # a link inside that leads out
     (loras / "up").symlink_to(outside, target_is_directory=True)
-    assert prompt_tags.resolve("ink", loras) == loras / "styles" / "ink.safetensors"
-    assert prompt_tags.resolve("styles/ink", loras) == loras / "styles" / "ink.safetensors"
+    assert prompt_tags.find_adapter_file("ink", loras) == loras / "styles" / "ink.safetensors"
+    assert prompt_tags.find_adapter_file("styles/ink", loras) == loras / "styles" / "ink.safetensors"
     for name in ("../outside/secret", str(outside / "secret"), str(secret)):
         with pytest.raises(AdapterFileError, match=r"names an adapter inside --lora-dir .* without '\.\.'"):
-            prompt_tags.resolve(name, loras)
+            prompt_tags.find_adapter_file(name, loras)
     for name in ("leak", "up/secret", "secret"):
         with pytest.raises(AdapterFileError, match=r"is not found: .*it holds: ink\)"):
-            prompt_tags.resolve(name, loras)
+            prompt_tags.find_adapter_file(name, loras)
     assert prompt_tags.adapter_files(loras) == [loras / "styles" / "ink.safetensors"]
     # a re-render looks adapters up by hash: the link that leads out is not hashed, so not found
     secret_hash = files.short_hash(secret)

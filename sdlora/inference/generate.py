@@ -81,7 +81,7 @@ def prompt_adapters(model: BaseModel, tags: list[prompt_tags.Tag], lora_dir: str
                 stack.set_strength(tag.name, tag.strength, te_strength=tag.te_strength,
                                    block_weights=tag.block_weights if tag.block_weights else a.block_spec)
             else:
-                path = prompt_tags.resolve(tag.name, lora_dir)
+                path = prompt_tags.find_adapter_file(tag.name, lora_dir)
                 stack.add(path, name=tag.name, strength=tag.strength, te_strength=tag.te_strength,
                           block_weights=tag.block_weights)
                 added.append(tag.name)

@@ -153,7 +153,7 @@ def locate_adapters(names: list[str], hashes: dict[str, str], lora_dir: str | Pa
     for name in names:
         want = hashes.get(name, "").lower()
         try:
-            path: Path | None = prompt_tags.resolve(name, folder)
+            path: Path | None = prompt_tags.find_adapter_file(name, folder)
         except AdapterFileError:
             path = None
         if want and (path is None or files.short_hash(path) != want):

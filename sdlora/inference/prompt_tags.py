@@ -63,7 +63,7 @@ def format_tag(name: str, strength: float, te_strength: float, block_weights: st
     return f"<lora:{body}>"
 
 
-def resolve(name: str, lora_dir: str | Path | None) -> Path:
+def find_adapter_file(name: str, lora_dir: str | Path | None) -> Path:
     """The adapter file a tag names, inside ``lora_dir`` only: NAME may hold sub-folders (``styles/ink``)
     but no ``..`` and no absolute path, and a candidate whose resolved path (symlinks followed) leaves the
     folder is not used; nothing outside the folder is opened. Raises AdapterFileError saying where it looked."""
