@@ -2,7 +2,10 @@
 
     python benchmarks/job.py SPEC.json RESULT.json
 
-SPEC holds ``kind`` (which function), ``params`` and ``threads``. RESULT gets the function's figures plus
+SPEC holds ``kind`` (which function), ``params``, ``threads`` and optionally ``preimport`` (default true:
+torch, transformers and diffusers' pipeline classes are imported before the job, so both sides of a
+comparison start from the same imports; false: each side imports only what it imports itself, as a user's
+process does — whole.py). RESULT gets the function's figures plus
 the process's peak resident set (VmHWM), its resident set after the common imports (``baseline_rss``),
 the peak VRAM on a GPU, the device and ``started_at`` (wall clock when this file started running).
 """
@@ -72,10 +75,11 @@ def main(argv: list[str]) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     set_threads(int(spec.get("threads", 1)))
-    # The imports every job pays, before the baseline is read.
     import torch  # noqa: F401
-    import transformers  # noqa: F401
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+
+    if spec.get("preimport", True):  # the imports every job pays, before the baseline is read
+        import transformers  # noqa: F401
+        from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
 
     baseline = rss_bytes()
     fn = _kinds()[spec["kind"]]

@@ -34,8 +34,9 @@ class Job:
 
 
 class Runner:
-    def __init__(self, work: Path, threads: int, log: Path, timeout: int):
+    def __init__(self, work: Path, threads: int, log: Path, timeout: int, preimport: bool = True):
         self.work, self.threads, self.logdir, self.timeout = work, threads, log, timeout
+        self.preimport = preimport  # job.py's common imports before each job (False: each side's own only)
         self.count = 0
 
     def run(self, job: Job) -> dict | None:
@@ -45,7 +46,8 @@ class Runner:
         spec = self.logdir / f"{name}.spec.json"
         result = self.logdir / f"{name}.result.json"
         log = self.logdir / f"{name}.log"
-        spec.write_text(json.dumps({"kind": job.kind, "params": job.params, "threads": self.threads}, indent=1))
+        spec.write_text(json.dumps({"kind": job.kind, "params": job.params, "threads": self.threads,
+                                    "preimport": self.preimport}, indent=1))
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    PYTHONUNBUFFERED="1")

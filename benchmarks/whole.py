@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.gettempdir()) / "sdlora-bench-whole"
     logdir = work / "logs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     logdir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(work, args.threads, logdir, 1800)
+    # No common pre-imports: each process imports what its side imports, as a user's process does.
+    runner = Runner(work, args.threads, logdir, 1800, preimport=False)
     model, _ = fixtures.toy_model(work)
     results = {}
     for steps in [int(s) for s in args.steps.split(",")]:

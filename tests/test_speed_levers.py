@@ -89,3 +89,18 @@ def test_speed_keys_are_validated(tmp_path):
 
     with pytest.raises(ConfigError, match="compile_backend"):
         load_config(raw=config(tmp_path, "sd1", training={"compile_backend": "tvm"}))
+
+
+def test_fused_adamw_is_the_default_and_trains_like_the_loop(tmp_path):
+    # optimizer.fused (default true): torch's fused AdamW kernel, the same update as its per-parameter loop up to
+    # float32 rounding (the fused kernel computes the bias corrections in a different order).
+    tr_loop, loop_losses, loop = _run(config(tmp_path / "a", "sd1", training={"max_steps": 3},
+                                             optimizer={"fused": False}))
+    tr_fused, fused_losses, fused = _run(config(tmp_path / "b", "sd1", training={"max_steps": 3}))
+    assert tr_fused.optimizer.defaults.get("fused") is True
+    assert not tr_loop.optimizer.defaults.get("fused")
+    assert fused_losses.keys() == loop_losses.keys() == {1, 2, 3}
+    assert fused_losses[1] == loop_losses[1]  # the first loss comes before any update: bitwise
+    for step in (2, 3):
+        assert fused_losses[step] == pytest.approx(loop_losses[step], rel=1e-5)
+    _assert_close(loop, fused, atol=2e-5)

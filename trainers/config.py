@@ -162,6 +162,8 @@ class OptimizerSection:
     weight_decay: float = _opt(0.01, min=0)
     betas: list[float] = _opt(factory=lambda: [0.9, 0.999])
     eps: float = _opt(1e-8, min=0)
+    fused: bool = _opt(True, doc="adamw: torch's fused kernel (one kernel for all parameters) where the parameters' "
+                                 "device has it (CPU, CUDA, ...); false: torch's per-parameter loop")
     scheduler: str = _opt("constant", choices=("constant", "cosine", "linear", "cosine_with_restarts"))
     warmup_steps: int = _opt(0, min=0)
     cycles: int = _opt(1, min=1, doc="restarts of cosine_with_restarts")

@@ -60,11 +60,25 @@ def param_groups(network: Network, lrs: dict[str, float]) -> list[dict]:
     return [{"params": params, "lr": lrs[c], "name": c} for c, params in groups.items() if params]
 
 
+def fused_supported(groups: list[dict]) -> bool:
+    """True when torch has a fused AdamW kernel for every parameter: a floating dtype on a device that has
+    the kernels (``torch.utils._foreach_utils``; CPU since torch 2.4)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
+    devices = set(_get_fused_kernels_supported_devices())
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
 def make_optimizer(cfg: OptimizerSection, groups: list[dict]) -> torch.optim.Optimizer:
     betas = tuple(cfg.betas)
     lr = groups[0]["lr"]
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        fused = cfg.fused and fused_supported(groups)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 **({"fused": True} if fused else {}))
     if cfg.name == "lion":
         return Lion(groups, lr=lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.name == "adafactor":

@@ -22,6 +22,7 @@ CHANGEABLE: frozenset[str] = frozenset({
     "training.cache_latents", "training.cache_text_outputs", "training.cache_to_disk", "training.cache_dir",
     "training.compile", "training.compile_backend", "training.channels_last",  # speed levers (speed.py)
     "optimizer.scheduler", "optimizer.warmup_steps", "optimizer.cycles",
+    "optimizer.fused",  # the same AdamW update and state layout, one kernel instead of a loop
     "model.attention",
     "output.dir", "output.name", "output.save_dtype", "output.tensorboard", "output.comment",
 })
