@@ -1,6 +1,7 @@
 """Issue 16 at SD 1.5 size: the per-step figures with caches on and the inference ratios, side by side:
 
-    python benchmarks/sd15.py [--reps 2] [--steps 4] [--rounds 16] [--json out.json]
+    python benchmarks/sd15.py [--reps 2] [--steps 4] [--rounds 16] [--skip-training] [--skip-inference]
+                              [--json out.json]
 
 Workload (b)'s settings (the full-size SD 1.5 architecture with random weights, built once into the work
 folder; datasets/demo resized to 256 px; batch 1, gradient checkpointing, fp32, LoRA r8 on the attention
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "sdlora-bench"))
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(IQR {s['iqr'][0]:.3f}-{s['iqr'][1]:.3f})", flush=True)
         print(f"  peak RSS: sdlora {r['sdlora'] / 2**20:,.0f} MiB, recipe {r['recipe'] / 2**20:,.0f} MiB, "
               f"sdlora/recipe {r['ratio']:.3f}x", flush=True)
+    if args.skip_inference:
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return 0
     ip = {"model": sd15["folder"], "lora": sd15["lora"], "strength": 0.8, "batch": 1, "latent": 32,
           "rounds": args.rounds}
     inf = Job("b16.inference", "UNet forward: base, bypass, fused, one process", "interleaved.unet_forward", ip)

@@ -104,3 +104,68 @@ def test_fused_adamw_is_the_default_and_trains_like_the_loop(tmp_path):
     for step in (2, 3):
         assert fused_losses[step] == pytest.approx(loop_losses[step], rel=1e-5)
     _assert_close(loop, fused, atol=2e-5)
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    return all(p.device.type == "meta" for p in module.parameters())
+
+
+def test_encoders_the_caches_replace_are_released_and_training_is_unchanged(tmp_path):
+    # Every latent and caption cached, no samples: the trainer frees the VAE's and text encoder's weights (peak
+    # memory, benchmarks/sd15.py) and trains exactly as with them in memory (a model passed in is never touched).
+    lines: list[str] = []
+    raw = config(tmp_path / "a", "sd1", training={"max_steps": 2})
+    tr = Trainer(load_config(raw=raw), log=lines.append)
+    assert _on_meta(tr.model.vae) and all(_on_meta(te) for te in tr.model.text_encoders)
+    assert not _on_meta(tr.model.unet)
+    assert any("the VAE and the text encoder released from memory" in line for line in lines), lines
+    released = tr.run()
+    from sdlora.models import open_model
+
+    model = open_model(raw["model"]["path"])
+    kept = Trainer(load_config(raw=config(tmp_path / "b", "sd1", training={"max_steps": 2})), log=quiet, model=model)
+    assert not _on_meta(model.vae) and not any(_on_meta(te) for te in model.text_encoders)
+    assert kept.run().losses == released.losses  # bitwise: the same caches, the same steps
+    assert tr.measure_loss(timesteps=(500,)) == kept.measure_loss(timesteps=(500,))  # from the caches alone
+
+
+def test_encoders_stay_where_samples_or_uncached_images_need_them(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks --s 1\n")
+    tr = Trainer(load_config(raw=config(tmp_path / "a", "sd1", training={"max_steps": 1},
+                                        sample={"prompts": str(prompts)})), log=quiet)
+    assert not _on_meta(tr.model.vae) and not _on_meta(tr.model.text_encoders[0])
+    tr = Trainer(load_config(raw=config(tmp_path / "b", "sd1", training={"max_steps": 1},
+                                        dataset={"crop": "random"})), log=quiet)
+    assert not _on_meta(tr.model.vae) and _on_meta(tr.model.text_encoders[0])  # latents uncached, text cached
+    assert len(tr.run().losses) == 1
+
+
+def test_latent_cache_fills_within_a_pixel_budget_per_vae_call(tmp_path):
+    from sdlora.trainers import buckets
+    from sdlora.trainers.cache import PIXELS_PER_ENCODE, LatentCache, Store
+    from sdlora.trainers.config import DatasetSection
+    from sdlora.trainers.data import scan
+    from PIL import Image
+
+    for i in range(10):  # ten different images (equal contents would share one cache entry)
+        Image.new("RGB", (32, 32), (20 * i, 255 - 20 * i, 7 * i)).save(tmp_path / f"im{i}.png")
+    section = DatasetSection(path=str(tmp_path), bucket_step=8, min_image_side=8)
+    ds = scan(section)
+    buckets.assign(ds, section, (32, 32))
+    calls: list[int] = []
+
+    def encode(px):
+        calls.append(px.shape[0])
+        return px[:, :1]
+    cache = LatentCache(Store(), encode, "vae", 1, "white")
+    cache.fill(ds.items, ds.subsets)
+    assert calls == [8, 2]  # 32×32 images: the batch size caps the call
+    calls.clear()
+    cache = LatentCache(Store(), encode, "vae", 1, "white")
+    cache.fill(ds.items, ds.subsets, pixels=3 * 32 * 32)
+    assert calls == [3, 3, 3, 1]
+    calls.clear()
+    cache = LatentCache(Store(), encode, "vae", 1, "white")
+    cache.fill(ds.items[:2], ds.subsets, pixels=100)  # an image over the budget still gets a call of its own
+    assert calls == [1, 1] and PIXELS_PER_ENCODE == 256 * 256

@@ -82,12 +82,18 @@ def test_one_backup_per_layer(files):
     st = AdapterStack(model)
     for name in files:
         st.add(files[name], strength=0.5)
+    originals = {id(layer.layer): layer.layer.weight.detach().clone() for layer in st._layers.values()}
     st.fuse()
     layers = {id(m.base) for a in st for m in a.modules()}
     backups = [layer for layer in st._layers.values() if layer.backup is not None]
     assert len(backups) == len(layers)
     shared = sum(len(layer.modules) > 1 for layer in st._layers.values())
     assert shared > 0  # layers with several adapters still have one backup
+    # ... all of them views of ONE buffer per dtype (stack._back_up: no per-layer blocks, sdlora/memory.py)
+    storages = {t.untyped_storage().data_ptr() for layer in backups for t in layer.backup.values()}
+    assert len(storages) == 1
+    for layer in backups:  # each view holds its own layer's original weight
+        assert torch.equal(layer.backup["weight"], originals[id(layer.layer)])
 
 
 def test_bypass_equals_fused_within_fp32_tolerance(files):

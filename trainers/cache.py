@@ -22,6 +22,10 @@ from sdlora.trainers.data import Item, Subset
 from sdlora.files.images import BadImage, crop_box, decode, to_bucket
 
 
+# Pixels per VAE call while filling the latent cache: eight 90×90 images, four 128×128, one 256×256 or larger.
+PIXELS_PER_ENCODE = 256 * 256
+
+
 def _sha(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
@@ -113,18 +117,21 @@ class LatentCache:
         return [found[k] for k in keys]
 
     def fill(self, items: list[Item], subsets: list[Subset], batch_size: int = 8,
-             on_bad: Callable[[Item, str], None] | None = None) -> None:
-        """Make sure every item (and its mirror image, where its subset flips) is cached; same-bucket batches.
-        An image that cannot be read any more (deleted or damaged since the scan) is left out and passed to
-        ``on_bad`` with the reason (without ``on_bad`` the error is raised)."""
+             on_bad: Callable[[Item, str], None] | None = None, pixels: int = PIXELS_PER_ENCODE) -> None:
+        """Make sure every item (and its mirror image, where its subset flips) is cached; same-bucket batches
+        of at most ``batch_size`` images and ``pixels`` pixels per VAE call (at least one image), so the VAE's
+        activations while caching stay those of one 256×256 image: no higher peak memory than encoding one
+        image per step. An image that cannot be read any more (deleted or damaged since the scan) is left
+        out and passed to ``on_bad`` with the reason (without ``on_bad`` the error is raised)."""
         todo = sorted(((it, f) for it in items for f in ((False, True) if subsets[it.subset].flip else (False,))),
                       key=lambda x: (x[0].bucket, x[1]))
         groups: dict = {}
         for it, f in todo:
             groups.setdefault(it.bucket, []).append((it, f))
-        for group in groups.values():
-            for k in range(0, len(group), batch_size):
-                chunk = group[k:k + batch_size]
+        for bucket, group in groups.items():
+            per_call = max(1, min(batch_size, pixels // (bucket[0] * bucket[1])))
+            for k in range(0, len(group), per_call):
+                chunk = group[k:k + per_call]
                 try:
                     self.get([it for it, _ in chunk], subsets, [f for _, f in chunk])
                 except (BadImage, OSError):

@@ -47,7 +47,7 @@ from sdlora.trainers.noise import draw, per_sample_loss
 from sdlora.trainers.optim import learning_rates, make_optimizer, make_scheduler, param_groups
 from sdlora.trainers.samples import generate as generate_samples, read_prompts
 from sdlora.trainers.setup import (DTYPES, build_caches, crop_after_flip, finish_step_on_interrupt, network_config,
-                                   prepare_model, reset_accelerator_if, seed_everything, training_scheduler)
+                                   prepare_model, prepare_process, seed_everything, training_scheduler)
 
 @dataclass
 class TrainResult:
@@ -78,7 +78,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print,
                  model: BaseModel | None = None):
         self.cfg = cfg
-        reset_accelerator_if(cfg.training.mixed_precision)
+        prepare_process(cfg.training.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision)
         self.main = self.accelerator.is_main_process
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -122,7 +122,8 @@ class Trainer:
         self._build_schedule()
 
         # caches
-        caches = build_caches(cfg, self.model, self.dataset, self.device, self.trains_te, self._encode_text, self.log)
+        caches = build_caches(cfg, self.model, self.dataset, self.device, self.trains_te, self._encode_text, self.log,
+                              owned=model is None)
         self.latent_cache, self.text_cache = caches.latent, caches.text
         self.cached_subsets, self.cache_stats = caches.cached_subsets, caches.stats
 
@@ -393,8 +394,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- run
     def run(self) -> TrainResult:
-        cfg, t = self.cfg, self.cfg.training
-        out = cfg.output_dir
+        cfg, t, out = self.cfg, self.cfg.training, self.cfg.output_dir
         if self.main:
             safety.prepare_output(out, cfg.output.name, self.resume_from is None, self.log)
             save_config(cfg, out / "config.toml")

@@ -18,6 +18,7 @@ from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 
 from sdlora.errors import ConfigError
+from sdlora.memory import keep_freed_memory
 from sdlora.files.images import crop_box
 from sdlora.models import BaseModel
 from sdlora.models.encode import encode_pixels, vae_factor
@@ -84,8 +85,9 @@ class Caches:
 
 
 def build_caches(cfg: TrainConfig, model: BaseModel, dataset: Dataset, device: torch.device, trains_te: bool,
-                 encode_captions: Callable, log: Callable[[str], None]) -> Caches:
-    """Make and fill the latent and text-output caches the config asks for, noting what is not cached."""
+                 encode_captions: Callable, log: Callable[[str], None], owned: bool = False) -> Caches:
+    """Make and fill the latent and text-output caches the config asks for, noting what is not cached. With
+    ``owned`` (the trainer opened the model itself) encoders the caches made unnecessary are released."""
     t = cfg.training
     folder = None
     if t.cache_to_disk:
@@ -120,7 +122,12 @@ def build_caches(cfg: TrainConfig, model: BaseModel, dataset: Dataset, device: t
     caches.stats = fill_caches(caches, dataset)
     for index in dataset.lost:
         log(dataset.lost_line(index))
-    offload_unused(caches, cfg, model, dataset, device)
+    released = release_unused(caches, cfg, model, dataset) if owned else []
+    if released:
+        log(f"cache: {' and '.join(released)} released from memory (the caches hold all they would make and no "
+            "samples are drawn)")
+    else:
+        offload_unused(caches, cfg, model, dataset, device)
     if caches.stats:
         log("cache: " + ", ".join(f"{k} {v}" for k, v in caches.stats.items()))
     return caches
@@ -146,17 +153,42 @@ def fill_caches(caches: Caches, dataset: Dataset) -> dict[str, int]:
     return stats
 
 
+def _unneeded(caches: Caches, cfg: TrainConfig, model: BaseModel, dataset: Dataset) -> dict[str, list]:
+    """The encoders nothing will call again in this run: {"the VAE": [vae], "the text encoder": [...]}."""
+    if cfg.sample.prompts:  # samples decode with the VAE and encode their prompts
+        return {}
+    out: dict[str, list] = {}
+    if caches.latent is not None and len(caches.cached_subsets) == len(dataset.subsets):
+        out["the VAE"] = [model.vae]
+    if caches.text is not None:
+        encoders = model.text_encoders
+        out["the text encoder" + ("s" if len(encoders) > 1 else "")] = encoders
+    return out
+
+
+def release_unused(caches: Caches, cfg: TrainConfig, model: BaseModel, dataset: Dataset) -> list[str]:
+    """Free the weights of the encoders the filled caches replace (moved to the meta device: shapes and
+    configs stay, the memory goes), so the steps run with the UNet alone in memory, as kohya's scripts do
+    after caching. Only for a model the trainer opened itself. Returns what was released."""
+    released = []
+    for what, modules in _unneeded(caches, cfg, model, dataset).items():
+        for m in modules:
+            m.to("meta")
+        released.append(what)
+    if released and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return released
+
+
 def offload_unused(caches: Caches, cfg: TrainConfig, model: BaseModel, dataset: Dataset,
                    device: torch.device) -> None:
     """On an accelerator, move the VAE / text encoders to the CPU when caches hold all they would make
     and no samples are drawn (SDXL's encoders hold gigabytes)."""
-    if device.type == "cpu" or cfg.sample.prompts:
+    if device.type == "cpu":
         return
-    if caches.latent is not None and len(caches.cached_subsets) == len(dataset.subsets):
-        model.vae.to("cpu")
-    if caches.text is not None:
-        for te in model.text_encoders:
-            te.to("cpu")
+    for modules in _unneeded(caches, cfg, model, dataset).values():
+        for m in modules:
+            m.to("cpu")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -187,6 +219,13 @@ def finish_step_on_interrupt():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pending:
         raise KeyboardInterrupt
+
+
+def prepare_process(mixed_precision: str) -> None:
+    """Process-wide settings a training needs: freed host memory kept for reuse (sdlora.memory: no page
+    faults on every step's activations), accelerate's state for this mixed precision."""
+    keep_freed_memory()
+    reset_accelerator_if(mixed_precision)
 
 
 def reset_accelerator_if(mixed_precision: str) -> None:

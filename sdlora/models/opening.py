@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from sdlora.errors import ModelError
+from sdlora.memory import keep_freed_memory
 from sdlora.files.tensors import parse_dtype
 from sdlora.models import tokenizers
 from sdlora.models.base import BaseModel, check_family, check_prediction, detect_family, from_pipeline
@@ -27,6 +28,7 @@ def open_model(path: str | Path, *, family: str | None = None, prediction_type: 
     ``family`` / ``prediction_type`` override detection; ``dtype`` casts the weights (default: as stored);
     ``tokenizer`` names a tokenizer folder or diffusers folder; ``config`` (single files) names a shipped
     config (sd15, sd21, sd2-base, sdxl) or a diffusers-layout config folder."""
+    keep_freed_memory()  # a model's forwards and steps reuse freed host memory (sdlora.memory)
     path = Path(path).expanduser()
     check_family(family)
     prediction_type = check_prediction(prediction_type)
