@@ -15,7 +15,6 @@ from collections.abc import Callable
 from sdlora import __version__
 from sdlora.commands import COMMANDS
 from sdlora.errors import SdloraError
-from sdlora.memory import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        keep_freed_memory()  # before the action's tensors: sdlora.memory
         return int(action(args.func)(args) or 0)
     except SdloraError as exc:
         print(f"sdlora: error: {exc}", file=sys.stderr)
