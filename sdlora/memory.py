@@ -12,11 +12,10 @@ preload.)
 ``keep_freed_memory()`` tells glibc to serve every block from the heap and never trim it (``mallopt``
 M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2^31-1). The process's peak memory stays about what it was (freed
 blocks are reused); its resident size just does not shrink after a peak (as under A1111's tcmalloc
-preload). ``open_model`` and the trainer call it (so generate, the studio and training get it; the streaming tools — bake, merge,
-convert — do not: they allocate each tensor once; a bake of the 2 GB SD 1.5 file took 7.07 s with it
-against 6.76 s without, peak RSS +1%); set
-``SDLORA_MALLOC=system`` to keep the C library's defaults. Elsewhere than glibc (macOS, Windows, musl) it
-does nothing.
+preload). ``open_model`` and the trainer call it, so generate, the studio and training get it. The
+streaming tools (bake, merge, convert) do not: they allocate each tensor once, and a bake of the 2 GB
+SD 1.5 file took 7.07 s with it against 6.76 s without (peak RSS +1%). ``SDLORA_MALLOC=system`` keeps
+the C library's defaults. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
 """
 from __future__ import annotations
 
