@@ -39,6 +39,22 @@ def paired(a: list[float], b: list[float]) -> dict:
     return {"ratio": median(pairs) if pairs else None, "iqr": quartiles(pairs), "pairs": pairs}
 
 
+def inference(runner: Runner, sd15: dict, rounds: int) -> dict | None:
+    """The UNet-forward job (base, bypass, fused in one process): its figures, printed; None if it failed."""
+    ip = {"model": sd15["folder"], "lora": sd15["lora"], "strength": 0.8, "batch": 1, "latent": 32,
+          "rounds": rounds}
+    inf = Job("b16.inference", "UNet forward: base, bypass, fused, one process", "interleaved.unet_forward", ip)
+    print(f"SD 1.5 UNet forward (base, bypass, fused), {rounds} interleaved rounds", flush=True)
+    res = runner.run(inf)
+    if res is None:
+        return None
+    for case in ("bypass", "fused"):
+        lo, hi = res[f"sdlora.unet.{case}_over_base_iqr"]
+        print(f"  {case}/base: {res[f'sdlora.unet.{case}_over_base']:.3f}x (IQR {lo:.3f}-{hi:.3f}); "
+              f"base {res['sdlora.unet.base_s']:.2f} s/forward", flush=True)
+    return {k: v for k, v in res.items() if k.startswith("sdlora.unet.") or k == "hooks"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=2)
@@ -76,21 +92,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(IQR {s['iqr'][0]:.3f}-{s['iqr'][1]:.3f})", flush=True)
         print(f"  peak RSS: sdlora {r['sdlora'] / 2**20:,.0f} MiB, recipe {r['recipe'] / 2**20:,.0f} MiB, "
               f"sdlora/recipe {r['ratio']:.3f}x", flush=True)
-    if args.skip_inference:
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1))
-        return 0
-    ip = {"model": sd15["folder"], "lora": sd15["lora"], "strength": 0.8, "batch": 1, "latent": 32,
-          "rounds": args.rounds}
-    inf = Job("b16.inference", "UNet forward: base, bypass, fused, one process", "interleaved.unet_forward", ip)
-    print(f"SD 1.5 UNet forward (base, bypass, fused), {args.rounds} interleaved rounds", flush=True)
-    res = runner.run(inf)
-    if res is not None:
-        out["inference"] = {k: v for k, v in res.items() if k.startswith("sdlora.unet.") or k == "hooks"}
-        for case in ("bypass", "fused"):
-            lo, hi = res[f"sdlora.unet.{case}_over_base_iqr"]
-            print(f"  {case}/base: {res[f'sdlora.unet.{case}_over_base']:.3f}x (IQR {lo:.3f}-{hi:.3f}); "
-                  f"base {res['sdlora.unet.base_s']:.2f} s/forward", flush=True)
+    if not args.skip_inference:
+        out["inference"] = inference(runner, sd15, args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
