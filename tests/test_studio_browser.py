@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
 import pytest
@@ -87,14 +88,16 @@ def _shot(page, name: str, tmp_path: pathlib.Path) -> None:
     page.screenshot(path=str(folder / f"studio-{name}.png"))
 
 
-def _train(page, base: str, out_dir: str | None = None) -> str:
-    """Queue the quickstart preset (optionally into another output.dir) from the Train page; returns the job id."""
+def _train(page, base: str, out_dir: str | None = None, steps: int | None = None) -> str:
+    """Queue the quickstart preset (optionally into another output.dir, for another number of steps) from the
+    Train page; returns the job id."""
     page.goto(base + "#/train")
-    steps = page.locator('[data-key="training.max_steps"]')
-    steps.wait_for()
+    page.locator('[data-key="training.max_steps"]').wait_for()
     _until(page, "document.querySelector('[data-key=\"training.max_steps\"]').value === '30'")
     if out_dir:
         page.fill('[data-key="output.dir"]', out_dir)
+    if steps:
+        page.fill('[data-key="training.max_steps"]', str(steps))
     page.click("#queue")
     page.wait_for_url("**#/jobs/*")
     return page.url.rsplit("/", 1)[1]
@@ -163,9 +166,9 @@ def test_generating_with_the_adapter_at_0_8_shows_its_parameters(page, server, t
 
 def test_stop_then_resume_gives_the_uninterrupted_adapter_bit_for_bit(page, server, tmp_path):
     base, root = server
-    reference = root / ADAPTER
-    assert reference.is_file()  # the uninterrupted 30-step run above
-    _train(page, base, out_dir="runs/resumed")
+    # long enough that sample-now -> save-now -> stop all land before the end (30 steps take ~1.5 s now)
+    steps = 400
+    _train(page, base, out_dir="runs/resumed", steps=steps)
     _until(page, "parseInt(document.querySelector('[data-stat=\"step\"]')?.textContent) >= 3", timeout=300_000)
     page.click("#sample-now")  # samples are drawn off the training's RNG: the run stays bit-identical
     _until(page, "document.querySelectorAll('#samples img.sample').length > 0", timeout=180_000)
@@ -174,13 +177,23 @@ def test_stop_then_resume_gives_the_uninterrupted_adapter_bit_for_bit(page, serv
     page.click("#stop")
     _until(page, "document.getElementById('job-status')?.dataset.status === 'stopped'", timeout=180_000)
     step = int(page.inner_text('[data-stat="step"]').split("/")[0])
-    assert 3 <= step < 30
+    assert 3 <= step < steps
     assert any((root / "runs/resumed").glob("state-*/trainer.json"))
-    assert len(list((root / "runs/resumed/samples").glob("*.png"))) >= 1  # "sample now", before step 30
+    assert len(list((root / "runs/resumed/samples").glob("*.png"))) >= 1
     _until(page, "document.getElementById('resume')?.disabled === false")
     page.click("#resume")
     _until(page, "document.getElementById('job-status')?.dataset.status === 'done'", timeout=480_000)
-    a, _ = read_tensors(reference)
+    assert page.inner_text('[data-stat="step"]') == f"{steps} / {steps}"
+    # the reference: the job's own saved config, trained uninterrupted by `sdlora train` into another folder
+    configs = [c for c in (root / ".sdlora-studio/configs").glob("*.toml")
+               if tomllib.loads(c.read_text())["output"]["dir"].endswith("runs/resumed")]
+    assert len(configs) == 1, configs
+    reference = root / "runs/reference"
+    done = subprocess.run([sys.executable, "-m", "sdlora.cli", "train", str(configs[0]),
+                           "--set", f"output.dir={reference}"], cwd=root, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, _ = read_tensors(reference / "quickstart.safetensors")
     b, _ = read_tensors(root / "runs/resumed/quickstart.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
